@@ -1,0 +1,68 @@
+#include "simd.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace specula::simd {
+namespace avx512 { const Kernels* table(); }
+namespace avx2 { const Kernels* table(); }
+namespace portable { const Kernels* table(); }
+
+namespace {
+
+bool cpu_has(const char* level) {
+  if (std::strcmp(level, "portable") == 0) return true;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  // __builtin_cpu_supports also checks that the OS saves the vector registers (XCR0).
+  if (std::strcmp(level, "avx2") == 0)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::strcmp(level, "avx512") == 0)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
+#endif
+  return false;
+}
+
+const Kernels* best(const char* cap) {
+  // Levels from the highest down; `cap` (from SPECULA_SIMD) skips the higher ones.
+  static const char* const kLevels[] = {"avx512", "avx2", "portable"};
+  bool allowed = cap == nullptr || *cap == 0;
+  for (const char* level : kLevels) {
+    if (!allowed && std::strcmp(level, cap) == 0) allowed = true;
+    if (!allowed) continue;
+    if (const Kernels* k = kernels_for(level)) return k;
+  }
+  return portable::table();
+}
+
+std::atomic<const Kernels*> g_current{nullptr};
+
+}  // namespace
+
+const Kernels* kernels_for(const char* level) {
+  if (!cpu_has(level)) return nullptr;
+  if (std::strcmp(level, "avx512") == 0) return avx512::table();
+  if (std::strcmp(level, "avx2") == 0) return avx2::table();
+  if (std::strcmp(level, "portable") == 0) return portable::table();
+  return nullptr;
+}
+
+const Kernels& kernels() {
+  const Kernels* k = g_current.load(std::memory_order_acquire);
+  if (k == nullptr) {
+    k = best(std::getenv("SPECULA_SIMD"));
+    g_current.store(k, std::memory_order_release);
+  }
+  return *k;
+}
+
+bool set_level(const char* level) {
+  const Kernels* k = kernels_for(level);
+  if (k == nullptr) return false;
+  g_current.store(k, std::memory_order_release);
+  return true;
+}
+
+}  // namespace specula::simd

@@ -1,0 +1,73 @@
+// AVX-512 leaf kernels (see simd.h). Compiled with AVX-512 enabled for this file's
+// functions only; called only after cpuid says the CPU has AVX-512F.
+#include "simd.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized on its own _mm512_undefined_*.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+#endif
+
+namespace specula::simd::avx512 {
+namespace {
+
+using V16 = __m512;
+constexpr const char* kLevelName = "avx512";
+
+inline V16 v_set(float a) { return _mm512_set1_ps(a); }
+inline V16 v_zero() { return _mm512_setzero_ps(); }
+inline V16 v_load(const float* p) { return _mm512_loadu_ps(p); }
+inline void v_store(float* p, V16 v) { _mm512_storeu_ps(p, v); }
+inline __mmask16 tail_mask(size_t n) { return __mmask16((1u << n) - 1u); }
+inline V16 v_load_partial(const float* p, size_t n, float fill) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask(n), p);
+}
+inline void v_store_partial(float* p, size_t n, V16 v) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+inline V16 v_add(V16 a, V16 b) { return _mm512_add_ps(a, b); }
+inline V16 v_sub(V16 a, V16 b) { return _mm512_sub_ps(a, b); }
+inline V16 v_mul(V16 a, V16 b) { return _mm512_mul_ps(a, b); }
+inline V16 v_fmadd(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }
+inline V16 v_max(V16 a, V16 b) { return _mm512_max_ps(a, b); }
+inline V16 v_min(V16 a, V16 b) { return _mm512_min_ps(a, b); }
+inline V16 v_round(V16 a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline V16 v_ldexp(V16 p, V16 n) {
+  const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
+  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
+}
+inline V16 v_zero_below(V16 y, V16 x, V16 lo) {
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), y);
+}
+inline bool v_any_nan(V16 v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+inline float v_hmax(V16 v) {
+  alignas(64) float l[16];
+  _mm512_store_ps(l, v);
+  float m = l[0];
+  for (int i = 1; i < 16; ++i) m = l[i] > m ? l[i] : m;
+  return m;
+}
+
+#include "simd_impl.inc"
+
+}  // namespace
+const Kernels* table() { return &kTable; }
+}  // namespace specula::simd::avx512
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else
+namespace specula::simd::avx512 {
+const Kernels* table() { return nullptr; }
+}
+#endif

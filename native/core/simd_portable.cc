@@ -1,0 +1,63 @@
+// Portable leaf kernels (see simd.h): plain C++ over 16 lanes, for CPUs without
+// AVX2+FMA and for other architectures. Same order as the SIMD files, but multiply
+// and add are separate operations, so the last bits may differ from them.
+#include <cstdint>
+
+#include "simd.h"
+
+namespace specula::simd::portable {
+namespace {
+
+struct V16 {
+  float v[16];
+};
+constexpr const char* kLevelName = "portable";
+
+#define SPECULA_LANES(expr) \
+  V16 r;                    \
+  for (int i = 0; i < 16; ++i) r.v[i] = (expr); \
+  return r
+inline V16 v_set(float a) { SPECULA_LANES(a); }
+inline V16 v_zero() { SPECULA_LANES(0.0f); }
+inline V16 v_load(const float* p) { SPECULA_LANES(p[i]); }
+inline void v_store(float* p, V16 v) {
+  for (int i = 0; i < 16; ++i) p[i] = v.v[i];
+}
+inline V16 v_load_partial(const float* p, size_t n, float fill) { SPECULA_LANES(size_t(i) < n ? p[i] : fill); }
+inline void v_store_partial(float* p, size_t n, V16 v) {
+  for (size_t i = 0; i < n; ++i) p[i] = v.v[i];
+}
+inline V16 v_add(V16 a, V16 b) { SPECULA_LANES(a.v[i] + b.v[i]); }
+inline V16 v_sub(V16 a, V16 b) { SPECULA_LANES(a.v[i] - b.v[i]); }
+inline V16 v_mul(V16 a, V16 b) { SPECULA_LANES(a.v[i] * b.v[i]); }
+inline V16 v_fmadd(V16 a, V16 b, V16 c) { SPECULA_LANES(a.v[i] * b.v[i] + c.v[i]); }
+// Same NaN rule as the x86 instructions: the second operand when either is NaN.
+inline V16 v_max(V16 a, V16 b) { SPECULA_LANES(a.v[i] > b.v[i] ? a.v[i] : b.v[i]); }
+inline V16 v_min(V16 a, V16 b) { SPECULA_LANES(a.v[i] < b.v[i] ? a.v[i] : b.v[i]); }
+inline V16 v_round(V16 a) { SPECULA_LANES(__builtin_nearbyintf(a.v[i])); }
+inline float ldexp1(float p, float n) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &p, 4);
+  bits += uint32_t(int32_t(n)) << 23;
+  __builtin_memcpy(&p, &bits, 4);
+  return p;
+}
+inline V16 v_ldexp(V16 p, V16 n) { SPECULA_LANES(ldexp1(p.v[i], n.v[i])); }
+inline V16 v_zero_below(V16 y, V16 x, V16 lo) { SPECULA_LANES(x.v[i] >= lo.v[i] ? y.v[i] : 0.0f); }
+inline bool v_any_nan(V16 v) {
+  for (int i = 0; i < 16; ++i)
+    if (v.v[i] != v.v[i]) return true;
+  return false;
+}
+inline float v_hmax(V16 v) {
+  float m = v.v[0];
+  for (int i = 1; i < 16; ++i) m = v.v[i] > m ? v.v[i] : m;
+  return m;
+}
+#undef SPECULA_LANES
+
+#include "simd_impl.inc"
+
+}  // namespace
+const Kernels* table() { return &kTable; }
+}  // namespace specula::simd::portable

@@ -1,0 +1,53 @@
+// The process-wide compute pool. parallel_for(n, fn) runs fn(0..n-1) on up to
+// threads() threads (the caller is one of them) and returns when all are done.
+// Work is handed out in task order; results never depend on which thread ran a task.
+// If tasks throw, the exception of the lowest task index is rethrown (deterministic).
+// Calls from several threads are serialised; a call from inside a task runs inline.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace specula {
+
+class ThreadPool {
+ public:
+  static ThreadPool& global();
+
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int threads() const;
+  // Resizes the pool (waits for running work). n >= 1.
+  void set_threads(int n);
+  void parallel_for(size_t n, const std::function<void(size_t)>& fn);
+
+  // Cores this process may run on (affinity mask), at least 1.
+  static int available_cores();
+
+ private:
+  struct Job;
+  void start(int threads);
+  void stop();
+  void worker_loop();
+  static void run_tasks(Job& job);
+
+  std::mutex run_mu_;  // one parallel_for at a time
+  std::mutex mu_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  Job* job_ = nullptr;
+  unsigned long long generation_ = 0;
+  int busy_ = 0;
+  bool stopping_ = false;
+  std::atomic<int> threads_{1};
+};
+
+}  // namespace specula
