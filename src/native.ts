@@ -1,0 +1,77 @@
+/**
+ * Loads the native addon and types its whole surface (one file, so that the contract
+ * between TypeScript and C++ is in one place). Internal: the public API wraps it.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SpeculaError } from './errors.js';
+
+/** [temperature, topK (0 = off), topP (1 = off), minP (0 = off)] per entry. */
+export type PackedParams = Float64Array;
+
+export interface Binding {
+  setErrorClass(cls: typeof SpeculaError): void;
+  sample(
+    logits: Float32Array, rows: number, vocab: number, params: PackedParams,
+    seeds: BigUint64Array, offsets: Float64Array | null, out: Int32Array, async: boolean,
+  ): undefined | Promise<void>;
+  probabilities(
+    logits: Float32Array, rows: number, vocab: number, params: PackedParams,
+    out: Float32Array, async: boolean,
+  ): undefined | Promise<void>;
+  verify(
+    targetLogits: Float32Array, draftLogits: Float32Array, draftTokens: Int32Array,
+    draftLengths: Int32Array | null, batch: number, gamma: number, vocab: number,
+    target: PackedParams, draft: PackedParams, seeds: BigUint64Array, offsets: Float64Array | null,
+    tokens: Int32Array, accepted: Int32Array, emitted: Int32Array,
+    acceptProbability: Float32Array, expectedAcceptance: Float32Array, async: boolean,
+  ): undefined | Promise<void>;
+  readPass(arrays: Float32Array[]): number;
+  setThreads(n: number): void;
+  threads(): number;
+  availableCores(): number;
+  simd(): 'avx512' | 'avx2' | 'portable';
+  setSimd(level: 'avx512' | 'avx2' | 'portable'): boolean;
+}
+
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Where the addon may be: $SPECULA_ADDON, the node-gyp build, the cmake-js build. */
+export function addonCandidates(): string[] {
+  const list = [
+    path.join(packageRoot, 'build', 'Release', 'specula.node'),
+    path.join(packageRoot, 'build-cmake', 'Release', 'specula.node'),
+  ];
+  const env = process.env.SPECULA_ADDON;
+  return env ? [path.resolve(env)] : list;
+}
+
+let binding: Binding | undefined;
+
+export function native(): Binding {
+  if (binding) return binding;
+  const require = createRequire(import.meta.url);
+  const tried: string[] = [];
+  for (const file of addonCandidates()) {
+    if (!existsSync(file)) {
+      tried.push(`${file} (missing)`);
+      continue;
+    }
+    try {
+      const b = require(file) as Binding;
+      b.setErrorClass(SpeculaError);
+      binding = b;
+      return b;
+    } catch (err) {
+      tried.push(`${file} (${(err as Error).message})`);
+    }
+  }
+  throw new SpeculaError(
+    'E_UNSUPPORTED',
+    `the specula native addon could not be loaded. Tried:\n  ${tried.join('\n  ')}\n` +
+      'Build it with `npm rebuild specula` (node-gyp: needs python3, make and a C++17 compiler) ' +
+      'or `npm run build:cmake` (cmake-js: needs CMake >= 3.19), or point SPECULA_ADDON at a built specula.node.',
+  );
+}

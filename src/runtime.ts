@@ -1,0 +1,34 @@
+/** Process-wide settings of the native core: the compute pool and the SIMD level. */
+import { createRequire } from 'node:module';
+import { native } from './native.js';
+import { dimension, fail } from './validate.js';
+
+export interface RuntimeInfo {
+  /** specula's version (package.json). */
+  version: string;
+  /** Threads of the compute pool (default: the cores this process may use, or $SPECULA_THREADS). */
+  threads: number;
+  /** Cores this process may run on. */
+  availableCores: number;
+  /** Instruction set of the kernels, chosen at run time: 'avx512', 'avx2' or 'portable'. */
+  simd: 'avx512' | 'avx2' | 'portable';
+}
+
+/** specula's version, from package.json. */
+export const version: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+
+/** Sets the size of the process-wide compute pool (waits for running work). */
+export function setThreads(threads: number): void {
+  const n = dimension('threads', threads, 1);
+  if (n > 1024) fail('E_VALUE', 'threads', 'an integer in [1, 1024]', threads);
+  native().setThreads(n);
+}
+
+export function getThreads(): number {
+  return native().threads();
+}
+
+export function runtimeInfo(): RuntimeInfo {
+  const b = native();
+  return { version, threads: b.threads(), availableCores: b.availableCores(), simd: b.simd() };
+}
