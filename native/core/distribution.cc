@@ -128,42 +128,72 @@ void apply_top_p(const float* z, float zmax, float inv_t, double top_p, Distribu
     if (before(t, int32_t(x))) d.e[x] = 0.0f;
 }
 
-// min-p: keeps tokens with w(x) >= min_p (the top token has w = 1).
+// min-p: keeps tokens with w(x) >= min_p * w(argmax).
 void apply_min_p(double min_p, Distribution& d) {
+  const double cut = min_p * d.weight(size_t(d.argmax));
   for (size_t x = 0; x < d.vocab; ++x)
-    if (d.e[x] > 0 && d.weight(x) < min_p) d.e[x] = 0.0f;
+    if (d.e[x] > 0 && d.weight(x) < cut) d.e[x] = 0.0f;
 }
 
-template <class Weight>
-int64_t inverse_cdf(size_t vocab, const std::vector<double>& csum, double target, Weight weight) {
-  // Chunk sums locate the chunk; a scan in index order inside it finds the token.
-  double cum = 0;
-  int64_t last_chunk = -1;
+constexpr size_t kBlock = 256;  // second level of the inverse-CDF search
+
+// The smallest x with sum_{y <= x} w(y) > target, searched by chunk (csum), then by
+// 256-token block (block_sum(off, len), vectorised), then token by token (weight(x),
+// double). Float rounding can make a level's running sum fall short of the level
+// above; the search then takes the last unit with positive mass, so it never returns a
+// token of weight 0. Returns -1 only if no token has positive weight.
+template <class BlockSum, class Weight>
+int64_t inverse_cdf(size_t vocab, const std::vector<double>& csum, double target, BlockSum block_sum,
+                    Weight weight) {
+  double cum = 0, before_last = 0;
+  int64_t chunk = -1, last = -1;
   for (size_t c = 0, n = csum.size(); c < n; ++c) {
     if (csum[c] <= 0) continue;
-    last_chunk = int64_t(c);
+    last = int64_t(c);
+    before_last = cum;
     if (cum + csum[c] > target) {
-      const size_t off = c * kChunk, end = std::min(vocab, off + kChunk);
-      double acc = cum;
-      int64_t last_positive = -1;
-      for (size_t x = off; x < end; ++x) {
-        const double w = weight(x);
-        if (w <= 0) continue;
-        acc += w;
-        last_positive = int64_t(x);
-        if (acc > target) return last_positive;
-      }
-      // Rounding: the running sum fell short of the chunk's vectorised sum.
-      if (last_positive >= 0) return last_positive;
+      chunk = last;
+      break;
     }
     cum += csum[c];
   }
-  // Rounding at the very end of the distribution: its last token of positive weight.
-  for (int64_t c = last_chunk; c >= 0; --c) {
-    const size_t off = size_t(c) * kChunk, end = std::min(vocab, off + kChunk);
-    for (size_t x = end; x-- > off;)
-      if (weight(x) > 0) return int64_t(x);
+  if (chunk < 0) {
+    if (last < 0) return -1;
+    chunk = last;
+    cum = before_last;
   }
+  const size_t off = size_t(chunk) * kChunk, end = std::min(vocab, off + kChunk);
+  int64_t block = -1, last_block = -1;
+  before_last = cum;
+  for (size_t blk = off; blk < end; blk += kBlock) {
+    const double s = block_sum(blk, std::min(kBlock, end - blk));
+    if (s <= 0) continue;
+    last_block = int64_t(blk);
+    before_last = cum;
+    if (cum + s > target) {
+      block = last_block;
+      break;
+    }
+    cum += s;
+  }
+  if (block < 0) {
+    block = last_block < 0 ? int64_t(off) : last_block;
+    cum = last_block < 0 ? cum : before_last;
+  }
+  const size_t bend = last_block < 0 ? end : std::min(end, size_t(block) + kBlock);
+  int64_t last_positive = -1;
+  for (size_t x = size_t(block); x < bend; ++x) {
+    const double w = weight(x);
+    if (w <= 0) continue;
+    cum += w;
+    last_positive = int64_t(x);
+    if (cum > target) return last_positive;
+  }
+  if (last_positive >= 0) return last_positive;
+  // No positive weight where the sums pointed (rounding of tiny masses): the last
+  // token of positive weight anywhere.
+  for (size_t x = vocab; x-- > 0;)
+    if (weight(x) > 0) return int64_t(x);
   return -1;
 }
 
@@ -179,34 +209,70 @@ int64_t build_distribution(const float* z, size_t vocab, const SamplingParams& s
   d.csum.resize(chunks);
   d.greedy = sp.temperature == 0;
 
-  // Pass over the logits, chunk by chunk: chunk maximum (and a finiteness check), then,
-  // with the chunk still in L1, the exponentials relative to that maximum.
   const double t = sp.temperature;
   const float inv_t = d.greedy ? 1.0f : float(std::min(1.0 / t, double(FLT_MAX)));
   float zmax = -FLT_MAX;
+  size_t zmax_chunk = 0;  // first chunk holding the row maximum
   bool bad = false;
-  for (size_t c = 0; c < chunks; ++c) {
-    const size_t off = c * kChunk, len = std::min(kChunk, vocab - off);
-    const float m = k.max(z + off, len, &bad);
-    if (bad) {
-      for (size_t x = off; x < off + len; ++x)
-        if (!std::isfinite(z[x])) return int64_t(x);
-    }
-    zmax = std::max(zmax, m);
-    d.scale[c] = m;  // chunk maximum for now
-    if (!d.greedy) d.csum[c] = double(k.exp_sum(z + off, len, m, inv_t, e + off));
-  }
-  for (size_t c = 0; c < chunks; ++c) {
-    if (float(d.scale[c]) == zmax) {
+  // The kernels' non-finite flag may fire for huge finite logits: confirm exactly.
+  auto first_bad = [&](size_t off, size_t len) -> int64_t {
+    bad = false;
+    for (size_t x = off; x < off + len; ++x)
+      if (!std::isfinite(z[x])) return int64_t(x);
+    return -1;
+  };
+  if (d.greedy) {
+    for (size_t c = 0; c < chunks; ++c) {
       const size_t off = c * kChunk, len = std::min(kChunk, vocab - off);
-      for (size_t x = off; x < off + len; ++x)
-        if (z[x] == zmax) {
-          d.argmax = int32_t(x);
-          break;
+      const float m = k.max(z + off, len, &bad);
+      if (bad) {
+        if (const int64_t x = first_bad(off, len); x >= 0) return x;
+      }
+      if (c == 0 || m > zmax) {
+        zmax = m;
+        zmax_chunk = c;
+      }
+    }
+  } else {
+    // One pass over the logits: the maximum (and finiteness) and the exponentials
+    // relative to a running shift, the largest maximum seen so far. A chunk whose
+    // maximum exceeds the shift by more than kRedo nats is redone (from L1) with its
+    // own maximum as the new shift, so exp never overflows; smaller excesses are kept.
+    constexpr float kRedo = 20.0f;
+    float shift = 0;
+    for (size_t c = 0; c < chunks; ++c) {
+      const size_t off = c * kChunk, len = std::min(kChunk, vocab - off);
+      float m, sum;
+      if (c == 0) {
+        m = k.max(z, len, &bad);
+        if (bad) {
+          if (const int64_t x = first_bad(0, len); x >= 0) return x;
         }
-      break;
+        shift = m;
+        sum = k.exp_sum(z, len, shift, inv_t, e);
+      } else {
+        sum = k.max_exp_sum(z + off, len, shift, inv_t, e + off, &m, &bad);
+        if (bad) {
+          if (const int64_t x = first_bad(off, len); x >= 0) return x;
+        }
+        if ((m - shift) * inv_t > kRedo) {
+          shift = m;
+          sum = k.exp_sum(z + off, len, shift, inv_t, e + off);
+        }
+      }
+      if (c == 0 || m > zmax) {
+        zmax = m;
+        zmax_chunk = c;
+      }
+      d.scale[c] = shift;  // the chunk's shift for now
+      d.csum[c] = double(sum);
     }
   }
+  d.z = z;
+  d.zmax = zmax;
+  d.zmax_chunk = zmax_chunk;
+  // The argmax is needed for greedy rows and min-p; otherwise found only on demand.
+  d.argmax = d.greedy || sp.min_p > 0 ? d.find_argmax() : -1;
 
   if (d.greedy) {
     d.weights = materialize_greedy;
@@ -249,35 +315,78 @@ int64_t build_distribution(const float* z, size_t vocab, const SamplingParams& s
   return -1;
 }
 
-int32_t sample_distribution(const Distribution& d, double u) {
-  if (!d.weights) return d.argmax;
-  const int64_t x = inverse_cdf(d.vocab, d.csum, u * d.total, [&](size_t x) { return d.weight(x); });
-  return x >= 0 ? int32_t(x) : d.argmax;  // the argmax always has weight 1
+int32_t Distribution::find_argmax() const {
+  if (argmax >= 0) return argmax;
+  for (size_t x = zmax_chunk * kChunk, end = std::min(vocab, x + kChunk); x < end; ++x)
+    if (z[x] == zmax) return int32_t(x);
+  return 0;  // unreachable: zmax is an element of that chunk
 }
 
-PairStats pair_stats(const Distribution& p, const Distribution& q, std::vector<double>& resid_csum) {
+int64_t first_nonfinite(const float* z, size_t vocab) {
   const simd::Kernels& k = simd::kernels();
-  const size_t chunks = p.csum.size();
-  resid_csum.resize(chunks);
-  PairStats s;
-  for (size_t c = 0; c < chunks; ++c) {
-    const size_t off = c * kChunk, len = std::min(kChunk, p.vocab - off);
-    const float a = float(p.scale[c] / p.total), b = float(q.scale[c] / q.total);
-    float mn = 0, rs = 0;
-    if (p.csum[c] > 0 || q.csum[c] > 0) k.min_resid(p.e + off, q.e + off, len, a, b, &mn, &rs);
-    s.min_sum += mn;
-    resid_csum[c] = rs;
-    s.resid_total += rs;
+  for (size_t off = 0; off < vocab; off += kChunk) {
+    const size_t len = std::min(kChunk, vocab - off);
+    bool bad = false;
+    k.max(z + off, len, &bad);
+    if (bad)
+      for (size_t x = off; x < off + len; ++x)
+        if (!std::isfinite(z[x])) return int64_t(x);
   }
+  return -1;
+}
+
+int32_t sample_distribution(const Distribution& d, double u) {
+  if (!d.weights) return d.argmax;
+  const simd::Kernels& k = simd::kernels();
+  const int64_t x = inverse_cdf(
+      d.vocab, d.csum, u * d.total,
+      [&](size_t off, size_t len) { return double(k.sum(d.e + off, len)) * d.scale[off / kChunk]; },
+      [&](size_t x) { return d.weight(x); });
+  return x >= 0 ? int32_t(x) : d.find_argmax();  // the argmax always has weight ~1
+}
+
+namespace {
+template <class F>
+void for_each_chunk_pair(const Distribution& p, const Distribution& q, F f) {
+  for (size_t c = 0, n = p.csum.size(); c < n; ++c) {
+    const size_t off = c * kChunk, len = std::min(kChunk, p.vocab - off);
+    f(c, off, len, float(p.scale[c] / p.total), float(q.scale[c] / q.total));
+  }
+}
+}  // namespace
+
+double overlap(const Distribution& p, const Distribution& q) {
+  const simd::Kernels& k = simd::kernels();
+  double s = 0;
+  for_each_chunk_pair(p, q, [&](size_t c, size_t off, size_t len, float a, float b) {
+    if (p.csum[c] > 0 && q.csum[c] > 0) s += k.min_sum(p.e + off, q.e + off, len, a, b);
+  });
   return s;
+}
+
+double residual_sums(const Distribution& p, const Distribution& q, std::vector<double>& resid_csum) {
+  const simd::Kernels& k = simd::kernels();
+  resid_csum.assign(p.csum.size(), 0.0);
+  double total = 0;
+  for_each_chunk_pair(p, q, [&](size_t c, size_t off, size_t len, float a, float b) {
+    if (p.csum[c] > 0) total += resid_csum[c] = k.resid_sum(p.e + off, q.e + off, len, a, b);
+  });
+  return total;
 }
 
 int32_t sample_residual(const Distribution& p, const Distribution& q,
                         const std::vector<double>& resid_csum, double resid_total, double u) {
-  const int64_t x = inverse_cdf(p.vocab, resid_csum, u * resid_total, [&](size_t x) {
-    const double r = p.prob(x) - q.prob(x);
-    return r > 0 ? r : 0.0;
-  });
+  const simd::Kernels& k = simd::kernels();
+  auto fa = [&](size_t off) { return float(p.scale[off / kChunk] / p.total); };
+  auto fb = [&](size_t off) { return float(q.scale[off / kChunk] / q.total); };
+  const int64_t x = inverse_cdf(
+      p.vocab, resid_csum, u * resid_total,
+      [&](size_t off, size_t len) { return double(k.resid_sum(p.e + off, q.e + off, len, fa(off), fb(off))); },
+      [&](size_t x) {
+        const size_t c = x / kChunk;
+        const double r = double(p.e[x]) * (p.scale[c] / p.total) - double(q.e[x]) * (q.scale[c] / q.total);
+        return r > 0 ? r : 0.0;
+      });
   // A residual that is positive only in float rounding: p itself (p is then ~ q).
   return x >= 0 ? int32_t(x) : sample_distribution(p, u);
 }

@@ -10,9 +10,10 @@
 // the distribution left by the one before.
 //
 // A Distribution holds unnormalised weights w[x] = e[x] * scale[c], c = x / kChunk,
-// where e[x] = exp((z[x] - m_c) / T) relative to the maximum m_c of chunk c and
-// scale[c] = exp((m_c - M) / T) relative to the row maximum M. The token with the
-// row maximum has weight exactly 1. Filtered-out tokens have e[x] = 0.
+// where e[x] = exp((z[x] - s_c) / T) relative to a shift s_c (a running maximum of the
+// row, see build_distribution) and scale[c] = exp((s_c - M) / T) relative to the row
+// maximum M: the token with the row maximum has weight 1 up to rounding. Filtered-out
+// tokens have e[x] = 0.
 #pragma once
 
 #include <cstddef>
@@ -29,7 +30,7 @@ inline size_t chunk_count(size_t vocab) { return (vocab + kChunk - 1) / kChunk; 
 
 struct Distribution {
   size_t vocab = 0;
-  int32_t argmax = -1;    // first index of the largest logit
+  int32_t argmax = -1;    // first index of the largest logit; -1 until needed (find_argmax)
   bool greedy = false;    // temperature 0
   bool weights = false;   // e/scale/csum are filled (always for T > 0)
   float* e = nullptr;     // (V)
@@ -37,6 +38,12 @@ struct Distribution {
   std::vector<double> csum;   // (chunks) sum of w over each chunk
   double total = 0;           // sum of w
 
+  const float* z = nullptr;   // the logits
+  float zmax = 0;             // their maximum
+  size_t zmax_chunk = 0;      // the first chunk that holds it
+
+  // The first index of the largest logit (argmax, or found now).
+  int32_t find_argmax() const;
   double weight(size_t x) const { return double(e[x]) * scale[x / kChunk]; }
   double prob(size_t x) const {
     if (!weights) return x == size_t(argmax) ? 1.0 : 0.0;
@@ -59,19 +66,21 @@ Workspace& workspace();
 int64_t build_distribution(const float* z, size_t vocab, const SamplingParams& sp, float* e,
                            bool materialize_greedy, Distribution& d);
 
+// Index of the first non-finite logit of z (V), or -1: for rows whose distribution is
+// not needed but whose validity is checked anyway.
+int64_t first_nonfinite(const float* z, size_t vocab);
+
 // Inverse CDF in index order: the smallest x with sum_{y <= x} p(y) > u, u in (0, 1).
 // Never returns a token of probability 0.
 int32_t sample_distribution(const Distribution& d, double u);
 
-// sum_x min(p(x), q(x)) and the residual r = max(0, p - q): its total and per-chunk
-// sums (written to resid_csum). p and q must both have weights.
-struct PairStats {
-  double min_sum = 0;
-  double resid_total = 0;
-};
-PairStats pair_stats(const Distribution& p, const Distribution& q, std::vector<double>& resid_csum);
+// sum_x min(p(x), q(x)) (= 1 - TVD(p, q)). p and q must both have weights.
+double overlap(const Distribution& p, const Distribution& q);
 
-// Inverse CDF of normalize(max(0, p - q)), given pair_stats' outputs.
+// The residual r = max(0, p - q): per-chunk sums into resid_csum, returns the total.
+double residual_sums(const Distribution& p, const Distribution& q, std::vector<double>& resid_csum);
+
+// Inverse CDF of normalize(max(0, p - q)), given residual_sums' outputs.
 int32_t sample_residual(const Distribution& p, const Distribution& q,
                         const std::vector<double>& resid_csum, double resid_total, double u);
 

@@ -1,6 +1,8 @@
 #include "sampling.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -90,17 +92,22 @@ void verify(const VerifyArgs& a, const VerifyOut& o) {
   }
 
   // One task per (row, position): positions 0..L-1 verify a drafted token against its
-  // draft row, position L samples the bonus token. Each task decides its own acceptance
-  // and, if it rejects, samples its residual token while both rows are still in cache.
+  // draft row; each decides its own acceptance and, if it rejects, samples its residual
+  // token while both rows are still in cache. Then one task per row for the bonus
+  // position L, scheduled last: a row with a known rejection needs no bonus token, so
+  // that task only checks the logits (results never depend on this timing).
   struct Task {
     uint32_t b, i;
   };
   std::vector<Task> tasks;
   tasks.reserve(B * (G + 1));
   for (size_t b = 0; b < B; ++b)
-    for (int32_t i = 0; i <= lengths[b]; ++i) tasks.push_back(Task{uint32_t(b), uint32_t(i)});
+    for (int32_t i = 0; i < lengths[b]; ++i) tasks.push_back(Task{uint32_t(b), uint32_t(i)});
+  for (size_t b = 0; b < B; ++b) tasks.push_back(Task{uint32_t(b), uint32_t(lengths[b])});
   std::vector<uint8_t> accept(B * (G + 1), 0);
   std::vector<int32_t> candidate(B * (G + 1), -1);
+  std::unique_ptr<std::atomic<bool>[]> rejected(new std::atomic<bool>[B]);
+  for (size_t b = 0; b < B; ++b) rejected[b].store(false, std::memory_order_relaxed);
 
   ThreadPool::global().parallel_for(tasks.size(), [&](size_t t) {
     const size_t b = tasks[t].b, i = tasks[t].i, L = size_t(lengths[b]);
@@ -114,6 +121,11 @@ void verify(const VerifyArgs& a, const VerifyOut& o) {
     Distribution p;
     const double u_emit = rng::uniform(seed, pos, 0, rng::kEmit);
     if (i == L) {
+      if (rejected[b].load(std::memory_order_relaxed)) {
+        const int64_t bad = first_nonfinite(zt, V);
+        if (bad >= 0) throw_nonfinite("targetLogits", where(size_t(bad)), (b * (G + 1) + i) * V + size_t(bad), zt[bad]);
+        return;
+      }
       const int64_t bad = build_distribution(zt, V, a.target[b], ws.row(0, V), false, p);
       if (bad >= 0) throw_nonfinite("targetLogits", where(size_t(bad)), (b * (G + 1) + i) * V + size_t(bad), zt[bad]);
       candidate[b * (G + 1) + i] = sample_distribution(p, u_emit);
@@ -129,15 +141,17 @@ void verify(const VerifyArgs& a, const VerifyOut& o) {
     const size_t x = size_t(a.draft_tokens[b * G + i]);
     const double px = p.prob(x), qx = q.prob(x);
     const double ratio = qx > 0 ? std::min(1.0, px / qx) : (px > 0 ? 1.0 : 0.0);
-    const PairStats s = pair_stats(p, q, ws.resid_csum);
     o.accept_prob[b * G + i] = float(ratio);
-    o.expected[b * G + i] = float(std::min(1.0, std::max(0.0, s.min_sum)));
+    o.expected[b * G + i] = float(std::min(1.0, std::max(0.0, overlap(p, q))));
     const bool ok = rng::uniform(seed, pos, 0, rng::kAccept) < ratio;
     accept[b * (G + 1) + i] = ok;
-    if (!ok)
-      candidate[b * (G + 1) + i] = s.resid_total > kResidualFloor
-                                       ? sample_residual(p, q, ws.resid_csum, s.resid_total, u_emit)
+    if (!ok) {
+      rejected[b].store(true, std::memory_order_relaxed);
+      const double resid_total = residual_sums(p, q, ws.resid_csum);
+      candidate[b * (G + 1) + i] = resid_total > kResidualFloor
+                                       ? sample_residual(p, q, ws.resid_csum, resid_total, u_emit)
                                        : sample_distribution(p, u_emit);
+    }
   });
 
   const float nan = std::numeric_limits<float>::quiet_NaN();

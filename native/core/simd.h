@@ -4,7 +4,8 @@
 //
 // Arithmetic contract: every reduction uses 16 lanes (element j goes to lane j % 16),
 // lanes are added in order 0..15 in double at the end, and exp uses one fixed
-// polynomial with fused multiply-adds. The AVX-512 and AVX2 tables therefore return
+// polynomial with fused multiply-adds. exp's relative error is below 2.2e-7 + 6e-8 |t|
+// for exp(x) = 2^t: about 2.5e-7 where probability mass is, more far out in the tail. The AVX-512 and AVX2 tables therefore return
 // bitwise identical results. The portable table (CPUs without AVX2+FMA) uses the same
 // order without fused multiply-adds, so its last bits may differ.
 #pragma once
@@ -13,18 +14,25 @@
 
 namespace specula::simd {
 
-// Inputs with exp arguments below this give exactly 0 (the result would be subnormal).
-constexpr float kExpMin = -87.0f;
+// exp arguments below kExpMin (-126 ln 2) give exactly 0 (the result would be
+// subnormal); callers never pass arguments above kExpMax.
+constexpr float kExpMin = -87.33654f;
+constexpr float kExpMax = 88.0f;
 
 struct Kernels {
   const char* name;  // "avx512", "avx2" or "portable"
-  // max(x[0..n)), n >= 1. Sets *bad = true if any element is NaN or +-Inf (else leaves it).
+  // max(x[0..n)), n >= 1. Sets *bad = true if any element is NaN or +-Inf (else leaves it);
+  // may also set it for huge finite values (|x| ~ 1e36), so confirm with an exact scan.
   float (*max)(const float* x, size_t n, bool* bad);
   // out[j] = exp((x[j] - m) * s); returns the sum of out (16-lane order).
   float (*exp_sum)(const float* x, size_t n, float m, float s, float* out);
-  // sum_j min(a p[j], b q[j]) -> *min_sum, sum_j max(0, a p[j] - b q[j]) -> *resid_sum.
-  void (*min_resid)(const float* p, const float* q, size_t n, float a, float b, float* min_sum,
-                    float* resid_sum);
+  // exp_sum and max in one pass: *max_out = max(x), *bad as in max(). The outputs are
+  // valid where (x[j] - m) * s <= kExpMax; the caller redoes exp_sum otherwise.
+  float (*max_exp_sum)(const float* x, size_t n, float m, float s, float* out, float* max_out, bool* bad);
+  // sum_j min(a p[j], b q[j]).
+  float (*min_sum)(const float* p, const float* q, size_t n, float a, float b);
+  // sum_j max(0, a p[j] - b q[j]).
+  float (*resid_sum)(const float* p, const float* q, size_t n, float a, float b);
   // sum_j x[j] (16-lane order).
   float (*sum)(const float* x, size_t n);
   // x[j] *= a.

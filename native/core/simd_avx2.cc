@@ -20,6 +20,7 @@ struct V16 {
 };
 constexpr const char* kLevelName = "avx2";
 
+inline void v_prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 inline V16 v_set(float a) { return V16{_mm256_set1_ps(a), _mm256_set1_ps(a)}; }
 inline V16 v_zero() { return V16{_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 inline V16 v_load(const float* p) { return V16{_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
@@ -53,14 +54,19 @@ inline __m256 ldexp8(__m256 p, __m256 n) {
   const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
 }
+// Exact for normal results; lanes with n < -126 give garbage, which exp2_16 zeroes.
 inline V16 v_ldexp(V16 p, V16 n) { return V16{ldexp8(p.lo, n.lo), ldexp8(p.hi, n.hi)}; }
-inline V16 v_zero_below(V16 y, V16 x, V16 lo) {
-  return V16{_mm256_and_ps(y.lo, _mm256_cmp_ps(x.lo, lo.lo, _CMP_GE_OQ)),
-             _mm256_and_ps(y.hi, _mm256_cmp_ps(x.hi, lo.hi, _CMP_GE_OQ))};
+// p * 2^n where t >= lo, else 0.
+inline V16 v_ldexp_zero_below(V16 p, V16 n, V16 t, V16 lo) {
+  const V16 y = v_ldexp(p, n);
+  return V16{_mm256_and_ps(y.lo, _mm256_cmp_ps(t.lo, lo.lo, _CMP_GE_OQ)),
+             _mm256_and_ps(y.hi, _mm256_cmp_ps(t.hi, lo.hi, _CMP_GE_OQ))};
 }
-inline bool v_any_nan(V16 v) {
-  return (_mm256_movemask_ps(_mm256_cmp_ps(v.lo, v.lo, _CMP_UNORD_Q)) |
-          _mm256_movemask_ps(_mm256_cmp_ps(v.hi, v.hi, _CMP_UNORD_Q))) != 0;
+// NaN or +-Inf in any lane (x - x is NaN exactly then).
+inline bool v_any_nonfinite(V16 v) {
+  const __m256 a = _mm256_sub_ps(v.lo, v.lo), b = _mm256_sub_ps(v.hi, v.hi);
+  return (_mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)) |
+          _mm256_movemask_ps(_mm256_cmp_ps(b, b, _CMP_UNORD_Q))) != 0;
 }
 inline float v_hmax(V16 v) {
   float l[16];

@@ -22,6 +22,7 @@ namespace {
 using V16 = __m512;
 constexpr const char* kLevelName = "avx512";
 
+inline void v_prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 inline V16 v_set(float a) { return _mm512_set1_ps(a); }
 inline V16 v_zero() { return _mm512_setzero_ps(); }
 inline V16 v_load(const float* p) { return _mm512_loadu_ps(p); }
@@ -38,14 +39,18 @@ inline V16 v_fmadd(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }
 inline V16 v_max(V16 a, V16 b) { return _mm512_max_ps(a, b); }
 inline V16 v_min(V16 a, V16 b) { return _mm512_min_ps(a, b); }
 inline V16 v_round(V16 a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline V16 v_ldexp(V16 p, V16 n) {
-  const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
+// p * 2^n in one instruction; equal to the exponent-bits add of the other levels for
+// normal results (the only ones kept).
+inline V16 v_ldexp(V16 p, V16 n) { return _mm512_scalef_ps(p, n); }
+// p * 2^n where t >= lo, else 0: the zero-masking is part of the scalef instruction.
+inline V16 v_ldexp_zero_below(V16 p, V16 n, V16 t, V16 lo) {
+  return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(t, lo, _CMP_GE_OQ), p, n);
 }
-inline V16 v_zero_below(V16 y, V16 x, V16 lo) {
-  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), y);
+// NaN or +-Inf in any lane (x - x is NaN exactly then).
+inline bool v_any_nonfinite(V16 v) {
+  const V16 d = _mm512_sub_ps(v, v);
+  return _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q) != 0;
 }
-inline bool v_any_nan(V16 v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
 inline float v_hmax(V16 v) {
   alignas(64) float l[16];
   _mm512_store_ps(l, v);

@@ -17,6 +17,7 @@ constexpr const char* kLevelName = "portable";
   V16 r;                    \
   for (int i = 0; i < 16; ++i) r.v[i] = (expr); \
   return r
+inline void v_prefetch(const float* p) { __builtin_prefetch(p); }
 inline V16 v_set(float a) { SPECULA_LANES(a); }
 inline V16 v_zero() { SPECULA_LANES(0.0f); }
 inline V16 v_load(const float* p) { SPECULA_LANES(p[i]); }
@@ -42,11 +43,16 @@ inline float ldexp1(float p, float n) {
   __builtin_memcpy(&p, &bits, 4);
   return p;
 }
-inline V16 v_ldexp(V16 p, V16 n) { SPECULA_LANES(ldexp1(p.v[i], n.v[i])); }
-inline V16 v_zero_below(V16 y, V16 x, V16 lo) { SPECULA_LANES(x.v[i] >= lo.v[i] ? y.v[i] : 0.0f); }
-inline bool v_any_nan(V16 v) {
+// n is clamped before the int conversion (out-of-range float-to-int is undefined in C++);
+// lanes with n < -126 are zeroed by exp2_16 anyway.
+inline V16 v_ldexp(V16 p, V16 n) { SPECULA_LANES(ldexp1(p.v[i], n.v[i] < -127.0f ? -127.0f : n.v[i])); }
+inline V16 v_ldexp_zero_below(V16 p, V16 n, V16 t, V16 lo) {
+  const V16 y = v_ldexp(p, n);
+  SPECULA_LANES(t.v[i] >= lo.v[i] ? y.v[i] : 0.0f);
+}
+inline bool v_any_nonfinite(V16 v) {
   for (int i = 0; i < 16; ++i)
-    if (v.v[i] != v.v[i]) return true;
+    if (v.v[i] - v.v[i] != 0.0f) return true;  // NaN for NaN and +-Inf
   return false;
 }
 inline float v_hmax(V16 v) {

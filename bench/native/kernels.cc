@@ -1,0 +1,159 @@
+// Native microbenchmark of the sampling kernels: verify and sample over
+// B in {1, 8, 32, 128}, gamma in {4, 8}, V in {32000, 128256}, f32 logits.
+// Throughput is logits bytes / second; the baseline is a pass that reads the same
+// bytes on the same threads (read_pass), timed interleaved with the kernel in the same
+// run, so the ratio holds on a shared, noisy machine. Medians of repeated runs.
+//
+//   npm run bench:native [-- --threads 2 --quick --filters]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "params.h"
+#include "sampling.h"
+#include "simd.h"
+#include "thread_pool.h"
+
+using namespace specula;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Fills x with N(0, scale) values quickly: a table of normals, read at pseudo-random offsets.
+void fill_normal(std::vector<float>& x, float scale, uint32_t seed) {
+  static std::vector<float> table;
+  if (table.empty()) {
+    std::mt19937 gen(1);
+    std::normal_distribution<float> n01;
+    table.resize(1 << 20);
+    for (float& t : table) t = n01(gen);
+  }
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < x.size(); i += 4096) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    const size_t off = size_t(s >> 40) % (table.size() - 4096);
+    const size_t n = std::min<size_t>(4096, x.size() - i);
+    for (size_t j = 0; j < n; ++j) x[i + j] = scale * table[off + j];
+  }
+}
+
+struct Timing {
+  double kernel_s, baseline_s;
+};
+
+// Interleaves kernel and baseline runs until both have `min_reps` and `min_time` seconds.
+template <class K, class Bl>
+Timing measure(K kernel, Bl baseline, int min_reps, double min_time) {
+  std::vector<double> tk, tb;
+  kernel();
+  baseline();
+  const auto start = Clock::now();
+  while (int(tk.size()) < min_reps || seconds_since(start) < min_time) {
+    auto t = Clock::now();
+    baseline();
+    tb.push_back(seconds_since(t));
+    t = Clock::now();
+    kernel();
+    tk.push_back(seconds_since(t));
+    if (tk.size() >= 200) break;
+  }
+  return Timing{median(tk), median(tb)};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2;
+  bool quick = false, filters = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--filters")) filters = true;
+  }
+  ThreadPool::global().set_threads(threads);
+  std::printf("specula kernel benchmark: %d threads, %s kernels, f32 logits%s\n", threads, simd::kernels().name,
+              filters ? ", target top-p 0.9 + top-k 50, draft top-k 50" : ", filters off");
+  std::printf("GB/s = logits bytes / median time; baseline = a read of the same bytes on the same threads, same run\n\n");
+  std::printf("| kernel | B | gamma | V | MB | ms | GB/s | baseline GB/s | ratio | accepted/row |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+
+  const std::vector<size_t> Bs = quick ? std::vector<size_t>{1, 32} : std::vector<size_t>{1, 8, 32, 128};
+  const std::vector<size_t> Gs = {4, 8};
+  const std::vector<size_t> Vs = {32000, 128256};
+  const SamplingParams tp{1.0, filters ? 50 : 0, filters ? 0.9 : 1.0, 0.0};
+  const SamplingParams dp{1.0, filters ? 50 : 0, 1.0, 0.0};
+  for (size_t V : Vs) {
+    for (size_t G : Gs) {
+      for (size_t B : Bs) {
+        std::vector<float> target(B * (G + 1) * V), draft(B * G * V), noise(B * G * V);
+        fill_normal(target, 3.0f, uint32_t(B * 7 + G * 131 + V));
+        fill_normal(noise, 1.0f, uint32_t(B * 11 + G + V * 3));
+        for (size_t b = 0; b < B; ++b)
+          for (size_t j = 0; j < G * V; ++j) draft[b * G * V + j] = target[b * (G + 1) * V + j] + noise[b * G * V + j];
+        std::vector<uint64_t> seeds(B * G), offsets(B * G);
+        for (size_t r = 0; r < B * G; ++r) {
+          seeds[r] = 1000 + r / G;
+          offsets[r] = r % G;
+        }
+        // Draft tokens sampled from the draft rows, as the engine will.
+        std::vector<int32_t> tokens(B * G);
+        SampleArgs sa;
+        sa.logits = draft.data();
+        sa.rows = B * G;
+        sa.vocab = V;
+        sa.params = ParamsView{&dp, 1};
+        sa.seeds = seeds.data();
+        sa.offsets = offsets.data();
+        sample(sa, tokens.data());
+
+        std::vector<uint64_t> vseeds(B);
+        for (size_t b = 0; b < B; ++b) vseeds[b] = 1000 + b;
+        std::vector<int32_t> ot(B * (G + 1)), acc(B), em(B);
+        std::vector<float> ap(B * G), ex(B * G);
+        VerifyArgs va;
+        va.target_logits = target.data();
+        va.draft_logits = draft.data();
+        va.draft_tokens = tokens.data();
+        va.batch = B;
+        va.gamma = G;
+        va.vocab = V;
+        va.target = ParamsView{&tp, 1};
+        va.draft = ParamsView{&dp, 1};
+        va.seeds = vseeds.data();
+        const VerifyOut vo{ot.data(), acc.data(), em.data(), ap.data(), ex.data()};
+
+        const float* arrays[2] = {target.data(), draft.data()};
+        const size_t lengths[2] = {target.size(), draft.size()};
+        volatile double sink = 0;
+        const double min_time = quick ? 0.3 : 1.0;
+        const Timing tv = measure([&] { verify(va, vo); }, [&] { sink = sink + read_pass(arrays, lengths, 2); }, 5, min_time);
+        double accepted = 0;
+        for (size_t b = 0; b < B; ++b) accepted += acc[b];
+        const double bytes_v = 4.0 * double(target.size() + draft.size());
+        std::printf("| verify | %zu | %zu | %zu | %.0f | %.3f | %.1f | %.1f | %.2f | %.2f |\n", B, G, V, bytes_v / 1e6,
+                    tv.kernel_s * 1e3, bytes_v / tv.kernel_s / 1e9, bytes_v / tv.baseline_s / 1e9,
+                    tv.baseline_s / tv.kernel_s, accepted / double(B));
+
+        std::vector<int32_t> out(B * G);
+        const Timing ts = measure([&] { sample(sa, out.data()); }, [&] { sink = sink + read_pass(&arrays[1], &lengths[1], 1); }, 5, min_time);
+        const double bytes_s = 4.0 * double(draft.size());
+        std::printf("| sample | %zu | %zu | %zu | %.0f | %.3f | %.1f | %.1f | %.2f | |\n", B * G, size_t(0), V, bytes_s / 1e6,
+                    ts.kernel_s * 1e3, bytes_s / ts.kernel_s / 1e9, bytes_s / ts.baseline_s / 1e9, ts.baseline_s / ts.kernel_s);
+        std::fflush(stdout);
+      }
+    }
+  }
+  return 0;
+}
