@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const build = path.join(root, 'build', 'native-tests');
+const build = path.join(root, 'build-native');
 const jobs = String(Math.max(1, availableParallelism()));
 
 function run(cmd, args) {

@@ -1,0 +1,27 @@
+// The README's API example runs as written (against the built package) and prints what
+// it says it prints, so that the README stays true.
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+describe('README', () => {
+  const readme = readFileSync(path.join(root, 'README.md'), 'utf8');
+
+  it('starts with exactly the two fresh-machine commands', () => {
+    const first = readme.split('```sh\n')[1]!.split('```')[0]!.trim().split('\n');
+    expect(first).toHaveLength(2);
+    expect(first[0]).toMatch(/^npm ci && npx specula demo/);
+    expect(first[1]).toMatch(/^npm ci && npm test/);
+  });
+
+  it('runs the API example', () => {
+    const code = readme.split('## API')[1]!.split('```js\n')[1]!.split('```')[0]!;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
+    expect(out).toContain('Int32Array');
+    expect(out).toContain('E_VALUE gamma: expected an integer in [0, 2147483647], received -1');
+  });
+});
