@@ -102,16 +102,21 @@ export function sample(logits: Float32Array, options: SampleOptions): Int32Array
   return a.out;
 }
 
+/** Awaits native work queued by an async binding; failures carry the caller's stack. */
+async function settle<T>(caller: Error, work: Promise<void> | undefined, result: T): Promise<T> {
+  try {
+    await work;
+  } catch (err) {
+    throw withCallerStack(err, caller);
+  }
+  return result;
+}
+
 /** sample() on a worker thread. Do not modify `logits` until the promise settles. */
 export async function sampleAsync(logits: Float32Array, options: SampleOptions): Promise<Int32Array> {
   const caller = new Error();
   const a = prepareSample(logits, options);
-  try {
-    await native().sample(a.logits, a.rows, a.vocab, a.params, a.seeds, a.offsets, a.out, true);
-  } catch (err) {
-    throw withCallerStack(err, caller);
-  }
-  return a.out;
+  return settle(caller, native().sample(a.logits, a.rows, a.vocab, a.params, a.seeds, a.offsets, a.out, true), a.out);
 }
 
 function prepareProbabilities(logits: unknown, options: unknown) {
@@ -138,12 +143,7 @@ export function probabilities(logits: Float32Array, options: ProbabilitiesOption
 export async function probabilitiesAsync(logits: Float32Array, options: ProbabilitiesOptions): Promise<Float32Array> {
   const caller = new Error();
   const a = prepareProbabilities(logits, options);
-  try {
-    await native().probabilities(a.logits, a.rows, a.vocab, a.params, a.out, true);
-  } catch (err) {
-    throw withCallerStack(err, caller);
-  }
-  return a.out;
+  return settle(caller, native().probabilities(a.logits, a.rows, a.vocab, a.params, a.out, true), a.out);
 }
 
 function prepareVerify(options: unknown) {
@@ -192,10 +192,5 @@ export function verify(options: VerifyOptions): VerifyResult {
 export async function verifyAsync(options: VerifyOptions): Promise<VerifyResult> {
   const caller = new Error();
   const { args, result } = prepareVerify(options);
-  try {
-    await native().verify(...args, true);
-  } catch (err) {
-    throw withCallerStack(err, caller);
-  }
-  return result;
+  return settle(caller, native().verify(...args, true), result);
 }

@@ -303,13 +303,10 @@ int64_t build_distribution(const float* z, size_t vocab, const SamplingParams& s
     std::vector<int32_t>& cand = workspace().candidates;
     if (top_k) {
       apply_top_k(z, zmax, inv_t, size_t(sp.top_k), d, cand);
-      recompute_sums(d);
+      if (top_p) recompute_sums(d);  // top-p cuts by the mass left after top-k
     }
-    if (top_p) {
-      apply_top_p(z, zmax, inv_t, sp.top_p, d, cand);
-      if (min_p) recompute_sums(d);  // min-p does not need the sums
-    }
-    if (min_p) apply_min_p(sp.min_p, d);
+    if (top_p) apply_top_p(z, zmax, inv_t, sp.top_p, d, cand);
+    if (min_p) apply_min_p(sp.min_p, d);  // relative to the argmax's weight: no sums needed
     recompute_sums(d);
   }
   return -1;

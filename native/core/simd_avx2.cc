@@ -68,13 +68,6 @@ inline bool v_any_nonfinite(V16 v) {
   return (_mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)) |
           _mm256_movemask_ps(_mm256_cmp_ps(b, b, _CMP_UNORD_Q))) != 0;
 }
-inline float v_hmax(V16 v) {
-  float l[16];
-  v_store(l, v);
-  float m = l[0];
-  for (int i = 1; i < 16; ++i) m = l[i] > m ? l[i] : m;
-  return m;
-}
 
 #include "simd_impl.inc"
 

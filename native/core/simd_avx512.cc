@@ -51,13 +51,6 @@ inline bool v_any_nonfinite(V16 v) {
   const V16 d = _mm512_sub_ps(v, v);
   return _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q) != 0;
 }
-inline float v_hmax(V16 v) {
-  alignas(64) float l[16];
-  _mm512_store_ps(l, v);
-  float m = l[0];
-  for (int i = 1; i < 16; ++i) m = l[i] > m ? l[i] : m;
-  return m;
-}
 
 #include "simd_impl.inc"
 

@@ -55,11 +55,6 @@ inline bool v_any_nonfinite(V16 v) {
     if (v.v[i] - v.v[i] != 0.0f) return true;  // NaN for NaN and +-Inf
   return false;
 }
-inline float v_hmax(V16 v) {
-  float m = v.v[0];
-  for (int i = 1; i < 16; ++i) m = v.v[i] > m ? v.v[i] : m;
-  return m;
-}
 #undef SPECULA_LANES
 
 #include "simd_impl.inc"
