@@ -1,0 +1,46 @@
+#!/usr/bin/env node
+// Runs the native tests and a small verify() through the addon under qemu-user
+// emulating older x86-64 CPUs (Nehalem: no AVX; Haswell: AVX2, no AVX-512), to show
+// that the run-time dispatch never executes an instruction the CPU lacks, and that
+// every level gives the same tokens. Needs qemu-x86_64 (Debian: qemu-user) and a
+// prior `npm run test:native` and `npm ci`.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const smoke = `
+import { sample, verify, runtimeInfo } from './dist/index.js';
+const V = 1000, B = 4, G = 3;
+const t = Float32Array.from({ length: B * (G + 1) * V }, (_, i) => Math.sin(i * 0.37) * 3);
+const d = Float32Array.from({ length: B * G * V }, (_, i) => Math.sin(i * 0.37) * 3 + Math.cos(i));
+const draftTokens = sample(d, { rows: B * G, vocab: V, params: { temperature: 1 }, seeds: Array(B * G).fill(1) });
+const r = verify({ targetLogits: t, draftLogits: d, draftTokens, batch: B, gamma: G, vocab: V,
+  target: { temperature: 1, topP: 0.9 }, seeds: [1, 2, 3, 4] });
+console.log(runtimeInfo().simd, Array.from(r.tokens).join(','));`;
+
+// out: the last line of stdout (qemu prints feature warnings on stderr); err: stderr.
+function run(cmd, args) {
+  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', timeout: 600_000 });
+  const lines = (r.stdout ?? '').trim().split('\n');
+  return { ok: r.status === 0, out: lines[lines.length - 1] ?? '', all: `${r.stdout ?? ''}${r.stderr ?? ''}` };
+}
+
+const reference = run(process.execPath, ['--input-type=module', '-e', smoke]);
+if (!reference.ok) throw new Error(`smoke run failed natively:\n${reference.out}`);
+const want = reference.out.split(' ')[1];
+let failed = false;
+for (const [cpu, level] of [['Nehalem', 'portable'], ['Haswell', 'avx2']]) {
+  for (const t of ['test_philox', 'test_simd', 'test_sampling']) {
+    const r = run('qemu-x86_64', ['-cpu', cpu, path.join(root, 'build-native', t)]);
+    console.log(`${cpu}: ${t} ${r.ok ? 'passed' : `FAILED\n${r.all}`}`);
+    failed ||= !r.ok;
+  }
+  const r = run('qemu-x86_64', ['-cpu', cpu, process.execPath, '--input-type=module', '-e', smoke]);
+  const [got, tokens] = r.out.split(' ');
+  const ok = r.ok && got === level && tokens === want;
+  console.log(`${cpu}: addon chose ${got}, tokens ${tokens === want ? 'equal to' : 'DIFFERENT from'} the ${reference.out.split(' ')[0]} run`);
+  if (!ok) console.log(r.all);
+  failed ||= !ok;
+}
+process.exit(failed ? 1 : 0);
