@@ -71,24 +71,22 @@ const VERIFY_KEYS = [
   'target', 'draft', 'seeds', 'offsets',
 ] as const;
 
-interface PreparedSample {
-  logits: Float32Array; rows: number; vocab: number; params: PackedParams;
-  seeds: BigUint64Array; offsets: Float64Array | null; out: Int32Array;
-}
-
-function prepareSample(logits: unknown, options: unknown): PreparedSample {
+/** The options shared by the row-wise kernels: rows, vocab, logits [rows, vocab], params. */
+function prepareRows(logits: unknown, options: unknown, keys: readonly string[]) {
   const o = object('options', options);
-  knownKeys('options', o, SAMPLE_KEYS);
+  knownKeys('options', o, keys);
   const rows = dimension('rows', o.rows, 0);
   const vocab = dimension('vocab', o.vocab, 1);
   return {
+    o, rows, vocab,
     logits: float32('logits', logits, rows * vocab, '[rows, vocab]'),
-    rows, vocab,
     params: packParams('params', o.params, rows),
-    seeds: packSeeds(o.seeds, rows),
-    offsets: packOffsets(o.offsets, rows),
-    out: new Int32Array(rows),
   };
+}
+
+function prepareSample(logits: unknown, options: unknown) {
+  const a = prepareRows(logits, options, SAMPLE_KEYS);
+  return { ...a, seeds: packSeeds(a.o.seeds, a.rows), offsets: packOffsets(a.o.offsets, a.rows), out: new Int32Array(a.rows) };
 }
 
 /**
@@ -120,16 +118,8 @@ export async function sampleAsync(logits: Float32Array, options: SampleOptions):
 }
 
 function prepareProbabilities(logits: unknown, options: unknown) {
-  const o = object('options', options);
-  knownKeys('options', o, PROB_KEYS);
-  const rows = dimension('rows', o.rows, 0);
-  const vocab = dimension('vocab', o.vocab, 1);
-  return {
-    logits: float32('logits', logits, rows * vocab, '[rows, vocab]'),
-    rows, vocab,
-    params: packParams('params', o.params, rows),
-    out: new Float32Array(rows * vocab),
-  };
+  const a = prepareRows(logits, options, PROB_KEYS);
+  return { ...a, out: new Float32Array(a.rows * a.vocab) };
 }
 
 /** The distribution that sample() draws from, [rows, vocab] (rows sum to 1). */
