@@ -19,6 +19,38 @@ namespace specula::simd {
 constexpr float kExpMin = -87.33654f;
 constexpr float kExpMax = 88.0f;
 
+// One chunk of a (teacher, student) row pair for the KD kernels (kd.h).
+struct KdChunk {
+  const float* zt;  // teacher logits (n)
+  const float* zs;  // student logits (n)
+  const float* et;  // teacher exponentials (n), Distribution::e
+  const float* es;  // student exponentials (n)
+  size_t n;
+  float a, b;       // p = et a, q = es b (probabilities, to float rounding)
+  double ad, bd;    // the same factors in double, for the sums
+  double inv_t, k;  // r = log(q / p) = (zs - zt) inv_t + k, in double
+  double mt, lp0;   // log p = (zt - mt) inv_t + lp0 (and ms, lq0 for q): the double path
+  double ms, lq0;
+  float tau;        // vectors with p or q above tau take p, q from double exponentials
+};
+
+// Constants of the JSD kernels for a reference point r0 (kd.cc): with u(r) = 1 - beta +
+// beta e^-r and v(r) = beta + (1 - beta) e^r, h(r) = -log u(r) = log(q/m) and
+// g(r) = -log v(r) = log(p/m); h(r) - h(r0) = -log(omkh + kh e^{-(r - r0)}) and
+// g(r) - g(r0) = -log(omkg + kg e^{r - r0}).
+struct JsdRef {
+  double r0;
+  float kh, omkh, log_kh, log_omkh;
+  float kg, omkg, log_kg, log_omkg;
+};
+
+// Taylor coefficients a[side][k] of Phi(y, b) = sum_k a y^(k+2), k = 0..10, for b = beta
+// (side 0) and b = 1 - beta (side 1): the JSD loss terms (kd.cc).
+struct JsdSeries {
+  float a[2][11];
+  float beta;
+};
+
 struct Kernels {
   const char* name;  // "avx512", "avx2" or "portable"
   // max(x[0..n)), n >= 1. Sets *bad = true if any element is NaN or +-Inf (else leaves it);
@@ -39,6 +71,20 @@ struct Kernels {
   void (*scale)(float* x, size_t n, float a);
   // Reads x once and returns a value that depends on every element (bandwidth baseline).
   double (*read)(const float* x, size_t n);
+  // KD, pass 2 (sums are added to): every kernel adds sum p, sum q to sums[0..1] and its
+  // loss as two sums of non-negative terms, weighted by p and by q, to sums[2..3] (see
+  // kd.cc); then rkl adds [sum q r]; jsd adds [sum q (h(r) - h(hr->r0))] when hr is not
+  // null; tvd instead uses sums[2..5] for [sum |q - p|, q mass where r > 0, r < 0, r = 0].
+  void (*kd_fkl)(const KdChunk& c, double* sums);
+  void (*kd_rkl)(const KdChunk& c, double* sums);
+  void (*kd_tvd)(const KdChunk& c, double* sums);
+  void (*kd_jsd)(const KdChunk& c, const JsdSeries& js, const JsdRef* hr, double* sums);
+  // KD, pass 3 (gradients): fkl g = (q - p) scale; rkl g = q (r - C) scale;
+  // tvd g = q c(sign r) scale; jsd g = q (h(r) - h(ref.r0)) scale.
+  void (*kd_grad_fkl)(const KdChunk& c, float scale, float* g);
+  void (*kd_grad_rkl)(const KdChunk& c, double C, float scale, float* g);
+  void (*kd_grad_tvd)(const KdChunk& c, float cpos, float cneg, float czero, float scale, float* g);
+  void (*kd_grad_jsd)(const KdChunk& c, const JsdRef& ref, float scale, float* g);
 };
 
 // The table chosen for this CPU; SPECULA_SIMD=avx512|avx2|portable in the environment

@@ -69,6 +69,102 @@ inline bool v_any_nonfinite(V16 v) {
           _mm256_movemask_ps(_mm256_cmp_ps(b, b, _CMP_UNORD_Q))) != 0;
 }
 
+
+// Masks, selection and the rest of the float ops used by the KD kernels.
+struct M16 {
+  __m256 lo, hi;  // all-ones lanes where true
+};
+inline M16 v_lt(V16 a, V16 b) { return M16{_mm256_cmp_ps(a.lo, b.lo, _CMP_LT_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_LT_OQ)}; }
+inline M16 v_gt(V16 a, V16 b) { return M16{_mm256_cmp_ps(a.lo, b.lo, _CMP_GT_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_GT_OQ)}; }
+inline M16 v_eq(V16 a, V16 b) { return M16{_mm256_cmp_ps(a.lo, b.lo, _CMP_EQ_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_EQ_OQ)}; }
+inline V16 v_select(M16 m, V16 a, V16 b) { return V16{_mm256_blendv_ps(b.lo, a.lo, m.lo), _mm256_blendv_ps(b.hi, a.hi, m.hi)}; }
+inline V16 v_div(V16 a, V16 b) { return V16{_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)}; }
+inline V16 v_abs(V16 a) {
+  const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  return V16{_mm256_and_ps(a.lo, mask), _mm256_and_ps(a.hi, mask)};
+}
+inline void log_split8(__m256 u, __m256* m, __m256* k) {
+  const __m256i ix = _mm256_castps_si256(u);
+  const __m256i ki = _mm256_srai_epi32(_mm256_sub_epi32(ix, _mm256_set1_epi32(0x3f400000)), 23);
+  *m = _mm256_castsi256_ps(_mm256_sub_epi32(ix, _mm256_slli_epi32(ki, 23)));
+  *k = _mm256_cvtepi32_ps(ki);
+}
+// u = m 2^k with m in [0.75, 1.5), k integral (u positive and normal).
+inline void v_log_split(V16 u, V16* m, V16* k) {
+  log_split8(u.lo, &m->lo, &k->lo);
+  log_split8(u.hi, &m->hi, &k->hi);
+}
+
+// 16 doubles as four registers (lanes 0-3, 4-7, 8-11, 12-15).
+struct VD16 {
+  __m256d d[4];
+};
+inline VD16 vd_from(V16 v) {
+  return VD16{{_mm256_cvtps_pd(_mm256_castps256_ps128(v.lo)), _mm256_cvtps_pd(_mm256_extractf128_ps(v.lo, 1)),
+               _mm256_cvtps_pd(_mm256_castps256_ps128(v.hi)), _mm256_cvtps_pd(_mm256_extractf128_ps(v.hi, 1))}};
+}
+inline V16 vd_to(VD16 x) {
+  return V16{_mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(x.d[0])), _mm256_cvtpd_ps(x.d[1]), 1),
+             _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(x.d[2])), _mm256_cvtpd_ps(x.d[3]), 1)};
+}
+#define SPECULA_VD4(expr) VD16{{expr(0), expr(1), expr(2), expr(3)}}
+inline VD16 vd_set(double a) { return VD16{{_mm256_set1_pd(a), _mm256_set1_pd(a), _mm256_set1_pd(a), _mm256_set1_pd(a)}}; }
+inline VD16 vd_add(VD16 a, VD16 b) {
+#define E(i) _mm256_add_pd(a.d[i], b.d[i])
+  return SPECULA_VD4(E);
+#undef E
+}
+inline VD16 vd_sub(VD16 a, VD16 b) {
+#define E(i) _mm256_sub_pd(a.d[i], b.d[i])
+  return SPECULA_VD4(E);
+#undef E
+}
+inline VD16 vd_mul(VD16 a, VD16 b) {
+#define E(i) _mm256_mul_pd(a.d[i], b.d[i])
+  return SPECULA_VD4(E);
+#undef E
+}
+inline VD16 vd_fmadd(VD16 a, VD16 b, VD16 c) {
+#define E(i) _mm256_fmadd_pd(a.d[i], b.d[i], c.d[i])
+  return SPECULA_VD4(E);
+#undef E
+}
+inline VD16 vd_select(M16 m, VD16 a, VD16 b) {
+  // The float mask's sign bits, widened to doubles, drive blendv.
+  const __m256d m0 = _mm256_cvtps_pd(_mm256_castps256_ps128(m.lo)), m1 = _mm256_cvtps_pd(_mm256_extractf128_ps(m.lo, 1));
+  const __m256d m2 = _mm256_cvtps_pd(_mm256_castps256_ps128(m.hi)), m3 = _mm256_cvtps_pd(_mm256_extractf128_ps(m.hi, 1));
+  return VD16{{_mm256_blendv_pd(b.d[0], a.d[0], m0), _mm256_blendv_pd(b.d[1], a.d[1], m1),
+               _mm256_blendv_pd(b.d[2], a.d[2], m2), _mm256_blendv_pd(b.d[3], a.d[3], m3)}};
+}
+#undef SPECULA_VD4
+inline VD16 vd_round(VD16 a) {
+  constexpr int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  return VD16{{_mm256_round_pd(a.d[0], mode), _mm256_round_pd(a.d[1], mode), _mm256_round_pd(a.d[2], mode),
+               _mm256_round_pd(a.d[3], mode)}};
+}
+inline __m256d ldexp4(__m256d p, __m256d n) {
+  // n + 1.5 2^52 holds n in its low bits; shifted into the exponent field and added.
+  const __m256i bits = _mm256_castpd_si256(_mm256_add_pd(n, _mm256_set1_pd(6755399441055744.0)));
+  return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), _mm256_slli_epi64(bits, 52)));
+}
+// p 2^n where x >= lo, else 0 (results there are normal: exact, as the other levels).
+inline VD16 vd_ldexp_zero_below(VD16 p, VD16 n, VD16 x, VD16 lo) {
+  VD16 r;
+  for (int i = 0; i < 4; ++i) r.d[i] = _mm256_and_pd(ldexp4(p.d[i], n.d[i]), _mm256_cmp_pd(x.d[i], lo.d[i], _CMP_GE_OQ));
+  return r;
+}
+inline bool v_any(M16 m) { return (_mm256_movemask_ps(m.lo) | _mm256_movemask_ps(m.hi)) != 0; }
+// Lanes [0, n) true.
+inline M16 v_first(size_t n) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i nn = _mm256_set1_epi32(int(n));
+  return M16{_mm256_castsi256_ps(_mm256_cmpgt_epi32(nn, idx)),
+             _mm256_castsi256_ps(_mm256_cmpgt_epi32(nn, _mm256_add_epi32(idx, _mm256_set1_epi32(8))))};
+}
+inline void vd_store(double* p, VD16 x) {
+  for (int i = 0; i < 4; ++i) _mm256_storeu_pd(p + 4 * i, x.d[i]);
+}
+
 #include "simd_impl.inc"
 
 }  // namespace

@@ -52,6 +52,60 @@ inline bool v_any_nonfinite(V16 v) {
   return _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q) != 0;
 }
 
+
+// Masks, selection and the rest of the float ops used by the KD kernels.
+using M16 = __mmask16;
+inline M16 v_lt(V16 a, V16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+inline M16 v_gt(V16 a, V16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+inline M16 v_eq(V16 a, V16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+inline V16 v_select(M16 m, V16 a, V16 b) { return _mm512_mask_blend_ps(m, b, a); }
+inline V16 v_div(V16 a, V16 b) { return _mm512_div_ps(a, b); }
+inline V16 v_abs(V16 a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff))); }
+// u = m 2^k with m in [0.75, 1.5), k integral (u positive and normal).
+inline void v_log_split(V16 u, V16* m, V16* k) {
+  const __m512i ix = _mm512_castps_si512(u);
+  const __m512i ki = _mm512_srai_epi32(_mm512_sub_epi32(ix, _mm512_set1_epi32(0x3f400000)), 23);
+  *m = _mm512_castsi512_ps(_mm512_sub_epi32(ix, _mm512_slli_epi32(ki, 23)));
+  *k = _mm512_cvtepi32_ps(ki);
+}
+
+// 16 doubles (lanes 0-7, 8-15), for the sums and differences that float cannot hold.
+struct VD16 {
+  __m512d lo, hi;
+};
+inline VD16 vd_from(V16 v) {
+  return VD16{_mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+              _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))};
+}
+inline V16 vd_to(VD16 d) {
+  const __m256 lo = _mm512_cvtpd_ps(d.lo), hi = _mm512_cvtpd_ps(d.hi);
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+}
+inline VD16 vd_set(double a) { return VD16{_mm512_set1_pd(a), _mm512_set1_pd(a)}; }
+inline VD16 vd_add(VD16 a, VD16 b) { return VD16{_mm512_add_pd(a.lo, b.lo), _mm512_add_pd(a.hi, b.hi)}; }
+inline VD16 vd_sub(VD16 a, VD16 b) { return VD16{_mm512_sub_pd(a.lo, b.lo), _mm512_sub_pd(a.hi, b.hi)}; }
+inline VD16 vd_mul(VD16 a, VD16 b) { return VD16{_mm512_mul_pd(a.lo, b.lo), _mm512_mul_pd(a.hi, b.hi)}; }
+inline VD16 vd_fmadd(VD16 a, VD16 b, VD16 c) { return VD16{_mm512_fmadd_pd(a.lo, b.lo, c.lo), _mm512_fmadd_pd(a.hi, b.hi, c.hi)}; }
+inline VD16 vd_select(M16 m, VD16 a, VD16 b) {
+  return VD16{_mm512_mask_blend_pd(__mmask8(m & 0xff), b.lo, a.lo), _mm512_mask_blend_pd(__mmask8(m >> 8), b.hi, a.hi)};
+}
+inline VD16 vd_round(VD16 a) {
+  constexpr int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  return VD16{_mm512_roundscale_pd(a.lo, mode), _mm512_roundscale_pd(a.hi, mode)};
+}
+// p 2^n where x >= lo, else 0 (results there are normal: exact, as the other levels).
+inline VD16 vd_ldexp_zero_below(VD16 p, VD16 n, VD16 x, VD16 lo) {
+  return VD16{_mm512_maskz_scalef_pd(_mm512_cmp_pd_mask(x.lo, lo.lo, _CMP_GE_OQ), p.lo, n.lo),
+              _mm512_maskz_scalef_pd(_mm512_cmp_pd_mask(x.hi, lo.hi, _CMP_GE_OQ), p.hi, n.hi)};
+}
+inline bool v_any(M16 m) { return m != 0; }
+// Lanes [0, n) true.
+inline M16 v_first(size_t n) { return __mmask16((1u << n) - 1u); }
+inline void vd_store(double* p, VD16 d) {
+  _mm512_storeu_pd(p, d.lo);
+  _mm512_storeu_pd(p + 8, d.hi);
+}
+
 #include "simd_impl.inc"
 
 }  // namespace

@@ -55,6 +55,73 @@ inline bool v_any_nonfinite(V16 v) {
     if (v.v[i] - v.v[i] != 0.0f) return true;  // NaN for NaN and +-Inf
   return false;
 }
+
+// Masks, selection and the rest of the float ops used by the KD kernels.
+struct M16 {
+  bool b[16];
+};
+#define SPECULA_MASK(expr) \
+  M16 r;                   \
+  for (int i = 0; i < 16; ++i) r.b[i] = (expr); \
+  return r
+inline M16 v_lt(V16 a, V16 b) { SPECULA_MASK(a.v[i] < b.v[i]); }
+inline M16 v_gt(V16 a, V16 b) { SPECULA_MASK(a.v[i] > b.v[i]); }
+inline M16 v_eq(V16 a, V16 b) { SPECULA_MASK(a.v[i] == b.v[i]); }
+#undef SPECULA_MASK
+inline V16 v_select(M16 m, V16 a, V16 b) { SPECULA_LANES(m.b[i] ? a.v[i] : b.v[i]); }
+inline V16 v_div(V16 a, V16 b) { SPECULA_LANES(a.v[i] / b.v[i]); }
+inline V16 v_abs(V16 a) { SPECULA_LANES(a.v[i] < 0 ? -a.v[i] : a.v[i]); }
+// u = m 2^k with m in [0.75, 1.5), k integral (u positive and normal).
+inline void v_log_split(V16 u, V16* m, V16* k) {
+  for (int i = 0; i < 16; ++i) {
+    int32_t ix;
+    __builtin_memcpy(&ix, &u.v[i], 4);
+    const int32_t ki = (ix - 0x3f400000) >> 23;
+    const int32_t mi = ix - int32_t(uint32_t(ki) << 23);
+    __builtin_memcpy(&m->v[i], &mi, 4);
+    k->v[i] = float(ki);
+  }
+}
+
+struct VD16 {
+  double v[16];
+};
+#define SPECULA_DLANES(expr) \
+  VD16 r;                    \
+  for (int i = 0; i < 16; ++i) r.v[i] = (expr); \
+  return r
+inline VD16 vd_from(V16 x) { SPECULA_DLANES(double(x.v[i])); }
+inline V16 vd_to(VD16 x) { SPECULA_LANES(float(x.v[i])); }
+inline VD16 vd_set(double a) { SPECULA_DLANES(a); }
+inline VD16 vd_add(VD16 a, VD16 b) { SPECULA_DLANES(a.v[i] + b.v[i]); }
+inline VD16 vd_sub(VD16 a, VD16 b) { SPECULA_DLANES(a.v[i] - b.v[i]); }
+inline VD16 vd_mul(VD16 a, VD16 b) { SPECULA_DLANES(a.v[i] * b.v[i]); }
+inline VD16 vd_fmadd(VD16 a, VD16 b, VD16 c) { SPECULA_DLANES(a.v[i] * b.v[i] + c.v[i]); }
+inline VD16 vd_select(M16 m, VD16 a, VD16 b) { SPECULA_DLANES(m.b[i] ? a.v[i] : b.v[i]); }
+#undef SPECULA_DLANES
+inline VD16 vd_round(VD16 a) {
+  VD16 r;
+  for (int i = 0; i < 16; ++i) r.v[i] = __builtin_nearbyint(a.v[i]);
+  return r;
+}
+inline VD16 vd_ldexp_zero_below(VD16 p, VD16 n, VD16 x, VD16 lo) {
+  VD16 r;
+  for (int i = 0; i < 16; ++i) r.v[i] = x.v[i] >= lo.v[i] ? __builtin_ldexp(p.v[i], int(n.v[i])) : 0.0;
+  return r;
+}
+inline bool v_any(M16 m) {
+  for (int i = 0; i < 16; ++i)
+    if (m.b[i]) return true;
+  return false;
+}
+inline M16 v_first(size_t n) {
+  M16 r;
+  for (int i = 0; i < 16; ++i) r.b[i] = size_t(i) < n;
+  return r;
+}
+inline void vd_store(double* p, VD16 x) {
+  for (int i = 0; i < 16; ++i) p[i] = x.v[i];
+}
 #undef SPECULA_LANES
 
 #include "simd_impl.inc"
