@@ -1,0 +1,231 @@
+#include "kd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "distribution.h"
+#include "error.h"
+#include "simd.h"
+#include "thread_pool.h"
+
+namespace specula {
+namespace {
+
+[[noreturn]] void throw_nonfinite(const char* name, size_t row, size_t vocab, size_t token, float value) {
+  throw Error(Code::Value, std::string(name) + "[" + std::to_string(row * vocab + token) + "] (row " +
+                               std::to_string(row) + ", token " + std::to_string(token) +
+                               "): expected a finite logit, received " + js_number(value));
+}
+
+// log(e^a + e^b), stable.
+double log_add_exp(double a, double b) {
+  const double m = std::max(a, b);
+  return m + std::log1p(std::exp(-std::fabs(a - b)));
+}
+
+// The JSD kernels' constants for a reference point r0 (see simd.h JsdRef).
+simd::JsdRef jsd_ref(double r0, double beta) {
+  const double lb = std::log(beta), l1b = std::log1p(-beta);
+  const double log_u = log_add_exp(l1b, lb - r0);  // u(r0) = 1 - beta + beta e^-r0
+  const double log_v = log_add_exp(lb, l1b + r0);  // v(r0) = beta + (1 - beta) e^r0
+  simd::JsdRef ref;
+  ref.r0 = r0;
+  ref.log_kh = float(lb - r0 - log_u);
+  ref.log_omkh = float(l1b - log_u);
+  ref.kh = float(std::exp(lb - r0 - log_u));
+  ref.omkh = float(std::exp(l1b - log_u));
+  ref.log_kg = float(l1b + r0 - log_v);
+  ref.log_omkg = float(lb - log_v);
+  ref.kg = float(std::exp(l1b + r0 - log_v));
+  ref.omkg = float(std::exp(lb - log_v));
+  return ref;
+}
+
+// Taylor coefficients of Phi(y, b) = (1 - b) y e^y - V log V, V = b + (1 - b) e^y, by
+// power-series composition in double: Phi = sum_{k>=2} c_k y^k. Its singularities are
+// at |y| >= pi, so degree 12 is accurate to < 1e-9 on |y| < 1/2, where it is used.
+void phi_series(double b, float* out /* c_2..c_12 */) {
+  constexpr int N = 12;
+  auto mul = [](const double* x, const double* y, double* z) {
+    for (int i = 0; i <= N; ++i) z[i] = 0;
+    for (int i = 0; i <= N; ++i)
+      for (int j = 0; i + j <= N; ++j) z[i + j] += x[i] * y[j];
+  };
+  double w[N + 1] = {0}, L[N + 1] = {0}, wp[N + 1] = {1}, tmp[N + 1], ye[N + 1] = {0};
+  double fact = 1;
+  for (int k = 1; k <= N; ++k) {
+    fact *= k;
+    w[k] = (1 - b) / fact;  // V - 1 = (1 - b)(e^y - 1)
+  }
+  for (int j = 1; j <= N; ++j) {  // log(1 + w) = sum (-1)^(j+1) w^j / j
+    mul(wp, w, tmp);
+    for (int i = 0; i <= N; ++i) wp[i] = tmp[i];
+    for (int i = 0; i <= N; ++i) L[i] += (j % 2 ? 1.0 : -1.0) * wp[i] / j;
+  }
+  mul(w, L, tmp);  // (1 + w) log(1 + w) = L + w L
+  fact = 1;
+  for (int k = 1; k <= N; ++k) {
+    ye[k] = 1 / fact;  // y e^y = sum y^k / (k - 1)!
+    fact *= k;
+  }
+  for (int k = 2; k <= N; ++k) out[k - 2] = float((1 - b) * ye[k] - (L[k] + tmp[k]));
+}
+
+// Tokens above this probability get double-precision exponentials in pass 2 (simd.h).
+constexpr float kPrecise = 1e-4f;
+
+// One row: returns its divergence; writes its gradient times `gscale` if g != nullptr.
+double kd_row(const KdArgs& a, size_t row, double gscale, float* g) {
+  const size_t V = a.vocab;
+  const double T = a.temperature, beta = a.beta;
+  const float* zt = a.teacher + row * V;
+  const float* zs = a.student + row * V;
+  Workspace& ws = workspace();
+  const SamplingParams sp{T, 0, 1.0, 0.0};
+  Distribution P, Q;
+  int64_t bad = build_distribution(zt, V, sp, ws.row(0, V), true, P);
+  if (bad >= 0) throw_nonfinite("teacherLogits", row, V, size_t(bad), zt[bad]);
+  bad = build_distribution(zs, V, sp, ws.row(1, V), true, Q);
+  if (bad >= 0) throw_nonfinite("studentLogits", row, V, size_t(bad), zs[bad]);
+
+  // Pass 1 gave log p ~ (zt - mt)/T + lp0 with lp0 = -log(total): exact but for the float
+  // rounding of the total. Pass 2 measures it: sum p = e^{-dp}, sum q = e^{-dq} with
+  // p, q as computed; then the exact r = log q - log p is r~ + delta, delta = log sum p -
+  // log sum q, and every sum below is normalised by the measured sum p or sum q.
+  const simd::Kernels& k = simd::kernels();
+  const double inv_t = 1.0 / T;
+  const double mt = P.zmax, ms = Q.zmax, lp0 = -std::log(P.total), lq0 = -std::log(Q.total);
+  const double K = (mt - ms) * inv_t + lq0 - lp0;  // r~ = (zs - zt)/T + K
+  // Chunk c with r = (zs - zt)/T + kk; p and q divided by ps and qs.
+  auto chunk = [&](size_t c, double kk, double ps = 1, double qs = 1) {
+    const size_t off = c * kChunk;
+    const double a = P.scale[c] / P.total / ps, b = Q.scale[c] / Q.total / qs;
+    return simd::KdChunk{zt + off, zs + off, P.e + off,  Q.e + off,           std::min(kChunk, V - off),
+                         float(a),  float(b),  a,          b, inv_t, kk, mt, lp0, ms, lq0, kPrecise};
+  };
+  const size_t chunks = P.csum.size();
+  double s[6] = {0, 0, 0, 0, 0, 0};
+  auto delta = [&] { return std::log(s[0]) - std::log(s[1]); };
+  double loss = 0;
+
+  // The losses as sums of non-negative terms (simd.h): s[2] weighted by p, s[3] by q,
+  // each normalised by the measured sum. They are first-order insensitive to delta.
+  auto bregman = [&] { return s[2] / s[0] + s[3] / s[1]; };
+  switch (a.divergence) {
+    case Divergence::FKL: {
+      for (size_t c = 0; c < chunks; ++c) k.kd_fkl(chunk(c, K), s);
+      loss = bregman();
+      if (g)  // q - p with the exact r and the measured normalisation
+        for (size_t c = 0; c < chunks; ++c) k.kd_grad_fkl(chunk(c, K + delta(), s[0], s[1]), float(gscale), g + c * kChunk);
+      break;
+    }
+    case Divergence::RKL: {
+      for (size_t c = 0; c < chunks; ++c) k.kd_rkl(chunk(c, K), s);
+      loss = bregman();
+      if (g) {
+        const double C = s[4] / s[1];  // with r~: r - C is the same with the exact r
+        for (size_t c = 0; c < chunks; ++c) k.kd_grad_rkl(chunk(c, K), C, float(gscale / s[1]), g + c * kChunk);
+      }
+      break;
+    }
+    case Divergence::TVD: {
+      for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K), s);
+      // |q - p| was formed with r~; to first order the exact r adds G delta. That first
+      // order fails where |r| ~ |delta| carries the mass (TVD itself ~ delta): those rows
+      // are summed again with the exact r.
+      const double dl = delta();
+      loss = 0.5 * s[2] / s[1] + 0.5 * (s[3] - s[4]) / (s[3] + s[4] + s[5]) * dl;
+      if (std::fabs(dl) > 1e-6 * loss) {
+        for (double& v : s) v = 0;
+        for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K + dl), s);
+        loss = 0.5 * s[2] / s[1];
+      }
+      const double qp = s[3], qn = s[4], q0 = s[5], qt = qp + qn + q0;
+      if (g) {
+        const float cpos = float((qn + 0.5 * q0) / qt), cneg = float(-(qp + 0.5 * q0) / qt);
+        const float czero = float(0.5 * (qn - qp) / qt);
+        for (size_t c = 0; c < chunks; ++c)
+          k.kd_grad_tvd(chunk(c, K + dl), cpos, cneg, czero, float(gscale / s[1]), g + c * kChunk);
+      }
+      break;
+    }
+    case Divergence::JSD: {
+      simd::JsdSeries js;
+      js.beta = float(beta);
+      phi_series(beta, js.a[0]);
+      phi_series(1 - beta, js.a[1]);
+      // The gradient's row constant C = KL(q || m) = sum q h, h = log(q/m), is summed as
+      // h(r) - h(r0) relative to r0 = r at the student's argmax, without cancellation.
+      const size_t xq = size_t(Q.find_argmax());
+      const double r0 = (double(zs[xq]) - double(zt[xq])) * inv_t + K;
+      const simd::JsdRef hr = jsd_ref(r0, beta);
+      for (size_t c = 0; c < chunks; ++c) k.kd_jsd(chunk(c, K), js, g ? &hr : nullptr, s);
+      loss = bregman();
+      if (g) {
+        const double lb = std::log(beta), l1b = std::log1p(-beta);
+        const double C = -log_add_exp(l1b, lb - (r0 + delta())) + s[4] / s[1];
+        // h(r*) = C: the gradient q (h - C) is then q (h(r) - h(r*)), again relative.
+        const double t = std::max(std::exp(-C) - (1 - beta), 1e-300);
+        const simd::JsdRef star = jsd_ref(lb - std::log(t), beta);
+        for (size_t c = 0; c < chunks; ++c)
+          k.kd_grad_jsd(chunk(c, K + delta()), star, float((1 - beta) * gscale / s[1]), g + c * kChunk);
+      }
+      break;
+    }
+  }
+  return loss;
+}
+
+}  // namespace
+
+double kd_loss(const KdArgs& a, float* per_row, float* grad) {
+  if (a.vocab < 1 || a.vocab > size_t(INT32_MAX))
+    throw Error(Code::Value, "vocab: expected an integer in [1, 2147483647], received " + std::to_string(a.vocab));
+  if (!std::isfinite(a.temperature) || !(a.temperature > 0))
+    throw Error(Code::Value, "temperature: expected a finite number > 0, received " + js_number(a.temperature));
+  if (a.divergence == Divergence::JSD && !(a.beta > 0 && a.beta < 1))
+    throw Error(Code::Value, "beta: expected a number in (0, 1), received " + js_number(a.beta));
+  size_t included = 0;
+  for (size_t r = 0; r < a.rows; ++r) included += a.mask == nullptr || a.mask[r] != 0;
+  const double t2 = a.scale_t2 ? a.temperature * a.temperature : 1.0;
+  const double gscale = included ? t2 / (a.temperature * double(included)) : 0.0;
+  std::vector<double> losses(a.rows, 0.0);
+  ThreadPool::global().parallel_for(a.rows, [&](size_t r) {
+    float* g = grad ? grad + r * a.vocab : nullptr;
+    if (a.mask != nullptr && a.mask[r] == 0) {
+      if (g) std::memset(g, 0, a.vocab * sizeof(float));
+      return;
+    }
+    losses[r] = kd_row(a, r, gscale, g) * t2;
+  });
+  double total = 0;
+  for (size_t r = 0; r < a.rows; ++r) {
+    per_row[r] = float(losses[r]);
+    total += losses[r];
+  }
+  return included ? total / double(included) : 0.0;
+}
+
+void acceptance_rate(const float* target, const float* draft, size_t rows, size_t vocab, ParamsView tp,
+                     ParamsView dp, float* out) {
+  if (vocab < 1 || vocab > size_t(INT32_MAX))
+    throw Error(Code::Value, "vocab: expected an integer in [1, 2147483647], received " + std::to_string(vocab));
+  validate_params(tp, rows, "target");
+  validate_params(dp, rows, "draft");
+  ThreadPool::global().parallel_for(rows, [&](size_t r) {
+    Workspace& ws = workspace();
+    const float* zt = target + r * vocab;
+    const float* zd = draft + r * vocab;
+    Distribution P, Q;
+    int64_t bad = build_distribution(zt, vocab, tp[r], ws.row(0, vocab), true, P);
+    if (bad >= 0) throw_nonfinite("targetLogits", r, vocab, size_t(bad), zt[bad]);
+    bad = build_distribution(zd, vocab, dp[r], ws.row(1, vocab), true, Q);
+    if (bad >= 0) throw_nonfinite("draftLogits", r, vocab, size_t(bad), zd[bad]);
+    out[r] = float(std::min(1.0, std::max(0.0, overlap(P, Q))));
+  });
+}
+
+}  // namespace specula

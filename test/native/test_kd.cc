@@ -1,0 +1,192 @@
+// KD losses and gradients against a naive double-precision implementation written
+// from the definitions, across divergences, temperatures, beta and vocabulary sizes;
+// plus acceptance_rate = 1 - TVD without filters, and the error cases.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "error.h"
+#include "kd.h"
+
+using specula::Divergence;
+
+namespace {
+
+const char* name(Divergence d) {
+  switch (d) {
+    case Divergence::FKL: return "fkl";
+    case Divergence::RKL: return "rkl";
+    case Divergence::JSD: return "jsd";
+    case Divergence::TVD: return "tvd";
+  }
+  return "?";
+}
+
+// One row, in double: the divergence and its gradient (1/T included).
+double naive_row(const float* zt, const float* zs, size_t V, Divergence div, double T, double beta,
+                 std::vector<double>& grad) {
+  std::vector<double> lp(V), lq(V), p(V), q(V);
+  auto logsoftmax = [&](const float* z, std::vector<double>& l) {
+    double m = -1e300;
+    for (size_t x = 0; x < V; ++x) m = std::max(m, double(z[x]) / T);
+    double s = 0;
+    for (size_t x = 0; x < V; ++x) s += std::exp(double(z[x]) / T - m);
+    for (size_t x = 0; x < V; ++x) l[x] = double(z[x]) / T - m - std::log(s);
+  };
+  logsoftmax(zt, lp);
+  logsoftmax(zs, lq);
+  for (size_t x = 0; x < V; ++x) {
+    p[x] = std::exp(lp[x]);
+    q[x] = std::exp(lq[x]);
+  }
+  grad.assign(V, 0.0);
+  double L = 0;
+  if (div == Divergence::FKL) {
+    for (size_t x = 0; x < V; ++x) L += p[x] * (lp[x] - lq[x]);
+    for (size_t x = 0; x < V; ++x) grad[x] = (q[x] - p[x]) / T;
+  } else if (div == Divergence::RKL) {
+    for (size_t x = 0; x < V; ++x) L += q[x] * (lq[x] - lp[x]);
+    for (size_t x = 0; x < V; ++x) grad[x] = q[x] * (lq[x] - lp[x] - L) / T;
+  } else if (div == Divergence::JSD) {
+    double kqm = 0, kpm = 0;
+    std::vector<double> h(V);
+    for (size_t x = 0; x < V; ++x) {
+      const double lm = std::log(beta * p[x] + (1 - beta) * q[x]);
+      h[x] = lq[x] - lm;
+      kqm += q[x] * h[x];
+      kpm += p[x] * (lp[x] - lm);
+    }
+    L = beta * kpm + (1 - beta) * kqm;
+    for (size_t x = 0; x < V; ++x) grad[x] = (1 - beta) * q[x] * (h[x] - kqm) / T;
+  } else {
+    double G = 0;
+    for (size_t x = 0; x < V; ++x) {
+      L += 0.5 * std::fabs(p[x] - q[x]);
+      G += 0.5 * q[x] * ((q[x] > p[x]) - (q[x] < p[x]));
+    }
+    for (size_t x = 0; x < V; ++x) grad[x] = q[x] * (0.5 * ((q[x] > p[x]) - (q[x] < p[x])) - G) / T;
+  }
+  return L;
+}
+
+}  // namespace
+
+TEST_CASE(kd_matches_double_reference) {
+  const Divergence divs[] = {Divergence::FKL, Divergence::RKL, Divergence::JSD, Divergence::TVD};
+  double worst_loss = 0, worst_grad = 0;
+  std::mt19937 gen(11);
+  std::normal_distribution<float> n01;
+  for (size_t V : {size_t(7), size_t(1000), size_t(5000), size_t(50000)}) {
+    for (double T : {0.25, 0.5, 1.0, 2.0, 4.0}) {
+      for (Divergence div : divs) {
+        for (double beta : (div == Divergence::JSD ? std::vector<double>{0.1, 0.5, 0.9} : std::vector<double>{0.5})) {
+          const size_t R = 6;
+          std::vector<float> zt(R * V), zs(R * V);
+          for (size_t r = 0; r < R; ++r) {
+            const float scale = r % 2 ? 1.0f : 3.0f;
+            for (size_t x = 0; x < V; ++x) {
+              zt[r * V + x] = scale * n01(gen);
+              // near copies, noisy copies and independent rows
+              zs[r * V + x] = r < 2 ? zt[r * V + x] + 0.1f * n01(gen) : r < 4 ? zt[r * V + x] + n01(gen) : scale * n01(gen);
+            }
+          }
+          specula::KdArgs a;
+          a.teacher = zt.data();
+          a.student = zs.data();
+          a.rows = R;
+          a.vocab = V;
+          a.divergence = div;
+          a.temperature = T;
+          a.beta = beta;
+          std::vector<float> per_row(R), grad(R * V);
+          const double loss = specula::kd_loss(a, per_row.data(), grad.data());
+          double mean = 0;
+          for (size_t r = 0; r < R; ++r) {
+            std::vector<double> g;
+            const double L = naive_row(&zt[r * V], &zs[r * V], V, div, T, beta, g);
+            mean += L / R;
+            const double e = std::fabs(per_row[r] - L) / L;
+            worst_loss = std::max(worst_loss, e);
+            CHECK_MSG(e <= 1e-5, std::string(name(div)) + " V=" + std::to_string(V) + " T=" + std::to_string(T) +
+                                     " row " + std::to_string(r) + " loss " + std::to_string(per_row[r]) + " vs " +
+                                     std::to_string(L));
+            for (size_t x = 0; x < V; ++x) {
+              const double want = g[x] / R;
+              if (std::fabs(want) <= 1e-6) continue;
+              const double eg = std::fabs(grad[r * V + x] - want) / std::fabs(want);
+              worst_grad = std::max(worst_grad, eg);
+              CHECK_MSG(eg <= 1e-4, std::string(name(div)) + " V=" + std::to_string(V) + " T=" + std::to_string(T) +
+                                        " beta=" + std::to_string(beta) + " row " + std::to_string(r) + " token " +
+                                        std::to_string(x) + ": " + std::to_string(grad[r * V + x]) + " vs " +
+                                        std::to_string(want));
+            }
+          }
+          CHECK_NEAR(loss, mean, 1e-5, 0);
+        }
+      }
+    }
+  }
+  std::printf("  worst relative error: loss %.2e, gradient entries > 1e-6 %.2e\n", worst_loss, worst_grad);
+}
+
+TEST_CASE(acceptance_rate_is_one_minus_tvd_without_filters) {
+  const size_t R = 5, V = 3000;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> n01;
+  std::vector<float> zt(R * V), zd(R * V);
+  for (size_t i = 0; i < R * V; ++i) {
+    zt[i] = 2 * n01(gen);
+    zd[i] = zt[i] + n01(gen);
+  }
+  for (double T : {0.5, 1.0, 2.0}) {
+    specula::SamplingParams sp{T, 0, 1, 0};
+    std::vector<float> acc(R), per_row(R);
+    specula::acceptance_rate(zt.data(), zd.data(), R, V, specula::ParamsView{&sp, 1}, specula::ParamsView{&sp, 1}, acc.data());
+    specula::KdArgs a;
+    a.teacher = zt.data();
+    a.student = zd.data();
+    a.rows = R;
+    a.vocab = V;
+    a.divergence = Divergence::TVD;
+    a.temperature = T;
+    specula::kd_loss(a, per_row.data(), nullptr);
+    for (size_t r = 0; r < R; ++r) CHECK_NEAR(acc[r], 1.0 - per_row[r], 0, 2e-6);
+  }
+}
+
+TEST_CASE(kd_errors_and_mask) {
+  std::vector<float> zt(12, 0.5f), zs(12, 0.25f), per_row(3), grad(12, 7.0f);
+  specula::KdArgs a;
+  a.teacher = zt.data();
+  a.student = zs.data();
+  a.rows = 3;
+  a.vocab = 4;
+  for (double T : {0.0, -1.0, double(NAN), double(INFINITY)}) {
+    a.temperature = T;
+    CHECK_THROWS_CODE(specula::kd_loss(a, per_row.data(), nullptr), specula::Code::Value);
+  }
+  a.temperature = 1;
+  a.divergence = Divergence::JSD;
+  for (double beta : {0.0, 1.0, -0.5, double(NAN)}) {
+    a.beta = beta;
+    CHECK_THROWS_CODE(specula::kd_loss(a, per_row.data(), nullptr), specula::Code::Value);
+  }
+  a.beta = 0.5;
+  zs[6] = NAN;
+  CHECK_THROWS_CODE(specula::kd_loss(a, per_row.data(), nullptr), specula::Code::Value);
+  // Excluded rows are not read: the NaN in row 1 is ignored, its gradient is zero.
+  const uint8_t mask[3] = {1, 0, 1};
+  a.mask = mask;
+  specula::kd_loss(a, per_row.data(), grad.data());
+  CHECK(per_row[1] == 0.0f);
+  for (int x = 4; x < 8; ++x) CHECK(grad[x] == 0.0f);
+  const uint8_t none[3] = {0, 0, 0};
+  a.mask = none;
+  CHECK(specula::kd_loss(a, per_row.data(), grad.data()) == 0.0);
+}
+
+CHECK_MAIN()
