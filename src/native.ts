@@ -28,6 +28,20 @@ export interface Binding {
     tokens: Int32Array, accepted: Int32Array, emitted: Int32Array,
     acceptProbability: Float32Array, expectedAcceptance: Float32Array, async: boolean,
   ): undefined | Promise<void>;
+  kdLoss(
+    teacher: Float32Array, student: Float32Array, rows: number, vocab: number, divergence: 0 | 1 | 2 | 3,
+    temperature: number, beta: number, mask: Uint8Array | null, scaleT2: boolean,
+    perRow: Float32Array, grad: Float32Array | null, async: false,
+  ): number;
+  kdLoss(
+    teacher: Float32Array, student: Float32Array, rows: number, vocab: number, divergence: 0 | 1 | 2 | 3,
+    temperature: number, beta: number, mask: Uint8Array | null, scaleT2: boolean,
+    perRow: Float32Array, grad: Float32Array | null, async: true,
+  ): Promise<number>;
+  acceptanceRate(
+    target: Float32Array, draft: Float32Array, rows: number, vocab: number, targetParams: PackedParams,
+    draftParams: PackedParams, out: Float32Array, async: boolean,
+  ): undefined | Promise<void>;
   readPass(arrays: Float32Array[]): number;
   setThreads(n: number): void;
   threads(): number;

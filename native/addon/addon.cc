@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "error.h"
+#include "kd.h"
 #include "params.h"
 #include "sampling.h"
 #include "simd.h"
@@ -70,6 +71,7 @@ std::string describe(const Napi::Value& v) {
       case napi_float64_array: return "a Float64Array";
       case napi_int32_array: return "an Int32Array";
       case napi_biguint64_array: return "a BigUint64Array";
+      case napi_uint8_array: return "a Uint8Array";
       default: return "another TypedArray";
     }
   }
@@ -84,6 +86,7 @@ const char* type_name(napi_typedarray_type t) {
     case napi_float64_array: return "Float64Array";
     case napi_int32_array: return "Int32Array";
     case napi_biguint64_array: return "BigUint64Array";
+    case napi_uint8_array: return "Uint8Array";
     default: return "TypedArray";
   }
 }
@@ -165,11 +168,15 @@ std::vector<uint64_t> offsets_arg(const Napi::CallbackInfo& info, size_t i, size
   return out;
 }
 
-// Runs `work` on the libuv pool and settles a Promise; keeps `keep` alive meanwhile.
+// Runs `work` on the libuv pool and settles a Promise with its number result (or
+// undefined); keeps `keep` alive meanwhile.
 class Job : public Napi::AsyncWorker {
  public:
-  Job(Napi::Env env, std::function<void()> work, const std::vector<Napi::Value>& keep)
-      : Napi::AsyncWorker(env, "specula"), work_(std::move(work)), deferred_(Napi::Promise::Deferred::New(env)) {
+  Job(Napi::Env env, std::function<double()> work, bool has_result, const std::vector<Napi::Value>& keep)
+      : Napi::AsyncWorker(env, "specula"),
+        work_(std::move(work)),
+        has_result_(has_result),
+        deferred_(Napi::Promise::Deferred::New(env)) {
     for (const Napi::Value& v : keep)
       if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
@@ -178,7 +185,7 @@ class Job : public Napi::AsyncWorker {
  protected:
   void Execute() override {
     try {
-      work_();
+      result_ = work_();
     } catch (const Error& e) {
       code_ = specula::code_name(e.code());
       SetError(e.what());
@@ -190,29 +197,39 @@ class Job : public Napi::AsyncWorker {
       SetError(std::string("internal error: ") + e.what());
     }
   }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnOK() override {
+    deferred_.Resolve(has_result_ ? Napi::Number::New(Env(), result_).As<Napi::Value>() : Env().Undefined());
+  }
   void OnError(const Napi::Error& e) override { deferred_.Reject(make_error(Env(), code_, e.Message()).Value()); }
 
  private:
-  std::function<void()> work_;
+  std::function<double()> work_;
+  bool has_result_;
+  double result_ = 0;
   Napi::Promise::Deferred deferred_;
   std::vector<Napi::ObjectReference> refs_;
   std::string code_ = "E_STATE";
 };
 
-// Runs work now (sync) or queues it (async), depending on the last argument.
-Napi::Value dispatch(const Napi::CallbackInfo& info, size_t async_index, std::function<void()> work) {
+// Runs work now (sync) or queues it (async), depending on the argument at async_index;
+// the result is work's number, or undefined.
+Napi::Value dispatch_result(const Napi::CallbackInfo& info, size_t async_index, std::function<double()> work,
+                            bool has_result) {
   const bool async = info[async_index].ToBoolean().Value();
   if (!async) {
-    work();
-    return info.Env().Undefined();
+    const double r = work();
+    return has_result ? Napi::Number::New(info.Env(), r).As<Napi::Value>() : info.Env().Undefined();
   }
   std::vector<Napi::Value> keep;
   for (size_t i = 0; i < async_index; ++i) keep.push_back(info[i]);
-  Job* job = new Job(info.Env(), std::move(work), keep);
+  Job* job = new Job(info.Env(), std::move(work), has_result, keep);
   Napi::Promise promise = job->promise();
   job->Queue();
   return promise;
+}
+
+Napi::Value dispatch(const Napi::CallbackInfo& info, size_t async_index, std::function<void()> work) {
+  return dispatch_result(info, async_index, [w = std::move(work)] { return w(), 0.0; }, false);
 }
 
 // sample(logits, rows, vocab, params, seeds, offsets|null, out, async)
@@ -291,6 +308,53 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
   });
 }
 
+double finite_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  const Napi::Value v = info[i];
+  if (!v.IsNumber()) throw Error(Code::Arg, std::string(name) + ": expected a number, received " + describe(v));
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+// kdLoss(teacher, student, rows, vocab, divergence (0 fkl, 1 rkl, 2 jsd, 3 tvd), temperature,
+//        beta, mask|null, scaleT2, perRow, grad|null, async) -> loss
+Napi::Value KdLoss(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const size_t rows = dim(info, 2, "rows"), vocab = dim(info, 3, "vocab");
+    const size_t n = checked_product({rows, vocab}, "teacherLogits");
+    specula::KdArgs a;
+    a.teacher = typed<float>(info, 0, "teacherLogits", napi_float32_array, n).data;
+    a.student = typed<float>(info, 1, "studentLogits", napi_float32_array, n).data;
+    a.rows = rows;
+    a.vocab = vocab;
+    const size_t d = dim(info, 4, "divergence");
+    if (d > 3) throw Error(Code::Value, "divergence: expected 0..3, received " + std::to_string(d));
+    a.divergence = specula::Divergence(d == 0 ? 0 : d == 1 ? 1 : d == 2 ? 2 : 3);
+    a.temperature = finite_arg(info, 5, "temperature");
+    a.beta = finite_arg(info, 6, "beta");
+    a.mask = typed<uint8_t>(info, 7, "mask", napi_uint8_array, rows, true).data;
+    a.scale_t2 = info[8].ToBoolean().Value();
+    float* per_row = typed<float>(info, 9, "out.perRow", napi_float32_array, rows).data;
+    float* grad = typed<float>(info, 10, "out.grad", napi_float32_array, n, true).data;
+    return dispatch_result(info, 11, [=] { return specula::kd_loss(a, per_row, grad); }, true);
+  });
+}
+
+// acceptanceRate(target, draft, rows, vocab, targetParams, draftParams, out, async)
+Napi::Value AcceptanceRate(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const size_t rows = dim(info, 2, "rows"), vocab = dim(info, 3, "vocab");
+    const size_t n = checked_product({rows, vocab}, "targetLogits");
+    const View<float> target = typed<float>(info, 0, "targetLogits", napi_float32_array, n);
+    const View<float> draft = typed<float>(info, 1, "draftLogits", napi_float32_array, n);
+    auto tp = std::make_shared<std::vector<specula::SamplingParams>>(params_arg(info, 4, "target"));
+    auto dp = std::make_shared<std::vector<specula::SamplingParams>>(params_arg(info, 5, "draft"));
+    float* out = typed<float>(info, 6, "out", napi_float32_array, rows).data;
+    return dispatch(info, 7, [=] {
+      specula::acceptance_rate(target.data, draft.data, rows, vocab, specula::ParamsView{tp->data(), tp->size()},
+                               specula::ParamsView{dp->data(), dp->size()}, out);
+    });
+  });
+}
+
 // readPass(arrays: Float32Array[]) -> number: the bandwidth baseline of the benchmarks.
 Napi::Value ReadPass(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -354,6 +418,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sample", Napi::Function::New(env, Sample, "sample"));
   exports.Set("probabilities", Napi::Function::New(env, Probabilities, "probabilities"));
   exports.Set("verify", Napi::Function::New(env, Verify, "verify"));
+  exports.Set("kdLoss", Napi::Function::New(env, KdLoss, "kdLoss"));
+  exports.Set("acceptanceRate", Napi::Function::New(env, AcceptanceRate, "acceptanceRate"));
   exports.Set("readPass", Napi::Function::New(env, ReadPass, "readPass"));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
   exports.Set("threads", Napi::Function::New(env, Threads, "threads"));

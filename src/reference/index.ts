@@ -4,3 +4,4 @@ export {
   referenceDistribution, referenceProbabilities, referenceSample, referenceVerify, inverseCdf,
   type ReferenceDistribution, type ReferenceSampleOptions, type ReferenceVerifyOptions, type ReferenceVerifyResult,
 } from './sampling.js';
+export { referenceKdLoss, referenceAcceptanceRate, type ReferenceKdOptions, type ReferenceKdResult, type Divergence } from './kd.js';
