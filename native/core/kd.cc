@@ -75,7 +75,7 @@ void phi_series(double b, float* out /* c_2..c_12 */) {
 }
 
 // Tokens above this probability get double-precision exponentials in pass 2 (simd.h).
-constexpr float kPrecise = 1e-4f;
+constexpr float kPrecise = 1e-3f;
 
 // One row: returns its divergence; writes its gradient times `gscale` if g != nullptr.
 double kd_row(const KdArgs& a, size_t row, double gscale, float* g) {
@@ -111,44 +111,55 @@ double kd_row(const KdArgs& a, size_t row, double gscale, float* g) {
   auto delta = [&] { return std::log(s[0]) - std::log(s[1]); };
   double loss = 0;
 
-  // The losses as sums of non-negative terms (simd.h): s[2] weighted by p, s[3] by q,
-  // each normalised by the measured sum. They are first-order insensitive to delta.
+  // Pass 2. fkl, rkl and tvd first take the cheap path (no transcendental per token):
+  // fkl = -sum p r - delta, rkl = sum q r + delta, tvd = Q+ - P+ (the masses on the side
+  // r > 0), each normalised by the measured sums. Where their float error is not below
+  // 1e-5 of the result (near-identical rows), the row is summed again in Bregman form (simd.h): non-negative O(r^2) terms,
+  // weighted by p (s[2]) and q (s[3]), first-order insensitive to delta.
   auto bregman = [&] { return s[2] / s[0] + s[3] / s[1]; };
+  // The plain sums' float error is up to ~2e-6 of sum w|r| (tail tokens at low T carry
+  // exp-argument rounding of ~6e-8 |t|): 2e-6 / 0.2 = 1e-5.
+  constexpr double kCancel = 0.2;
   switch (a.divergence) {
-    case Divergence::FKL: {
-      for (size_t c = 0; c < chunks; ++c) k.kd_fkl(chunk(c, K), s);
-      loss = bregman();
-      if (g)  // q - p with the exact r and the measured normalisation
-        for (size_t c = 0; c < chunks; ++c) k.kd_grad_fkl(chunk(c, K + delta(), s[0], s[1]), float(gscale), g + c * kChunk);
-      break;
-    }
-    case Divergence::RKL: {
-      for (size_t c = 0; c < chunks; ++c) k.kd_rkl(chunk(c, K), s);
-      loss = bregman();
-      if (g) {
-        const double C = s[4] / s[1];  // with r~: r - C is the same with the exact r
-        for (size_t c = 0; c < chunks; ++c) k.kd_grad_rkl(chunk(c, K), C, float(gscale / s[1]), g + c * kChunk);
-      }
-      break;
-    }
+    case Divergence::FKL:
+    case Divergence::RKL:
     case Divergence::TVD: {
-      for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K), s);
-      // |q - p| was formed with r~; to first order the exact r adds G delta. That first
-      // order fails where |r| ~ |delta| carries the mass (TVD itself ~ delta): those rows
-      // are summed again with the exact r.
-      const double dl = delta();
-      loss = 0.5 * s[2] / s[1] + 0.5 * (s[3] - s[4]) / (s[3] + s[4] + s[5]) * dl;
-      if (std::fabs(dl) > 1e-6 * loss) {
-        for (double& v : s) v = 0;
-        for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K + dl), s);
-        loss = 0.5 * s[2] / s[1];
-      }
-      const double qp = s[3], qn = s[4], q0 = s[5], qt = qp + qn + q0;
-      if (g) {
-        const float cpos = float((qn + 0.5 * q0) / qt), cneg = float(-(qp + 0.5 * q0) / qt);
-        const float czero = float(0.5 * (qn - qp) / qt);
-        for (size_t c = 0; c < chunks; ++c)
-          k.kd_grad_tvd(chunk(c, K + dl), cpos, cneg, czero, float(gscale / s[1]), g + c * kChunk);
+      // fkl = -sum p r - delta, rkl = sum q r + delta, tvd = Q+ - P+.
+      double t[10] = {0};
+      for (size_t c = 0; c < chunks; ++c) k.kd_plain(chunk(c, K), a.divergence == Divergence::TVD, t);
+      const double dl = std::log(t[0]) - std::log(t[1]);
+      const double qpos = t[7], qneg = t[8], q0 = t[9], qt = qpos + qneg + q0;
+      if (a.divergence == Divergence::FKL) {
+        loss = -t[2] / t[0] - dl;
+        if (loss < kCancel * t[4] / t[0]) {
+          for (size_t c = 0; c < chunks; ++c) k.kd_fkl(chunk(c, K), s);
+          loss = bregman();
+        }
+        if (g)  // q - p with the exact r and the measured normalisation
+          for (size_t c = 0; c < chunks; ++c) k.kd_grad_fkl(chunk(c, K + dl, t[0], t[1]), float(gscale), g + c * kChunk);
+      } else if (a.divergence == Divergence::RKL) {
+        const double C = t[3] / t[1];  // with r~: r - C is the same with the exact r
+        loss = C + dl;
+        if (loss < kCancel * t[5] / t[1]) {
+          for (size_t c = 0; c < chunks; ++c) k.kd_rkl(chunk(c, K), s);
+          loss = bregman();
+        }
+        if (g)
+          for (size_t c = 0; c < chunks; ++c) k.kd_grad_rkl(chunk(c, K), C, float(gscale / t[1]), g + c * kChunk);
+      } else {
+        const double Pp = qpos - t[6];  // p mass where r > 0
+        loss = qpos / t[1] - Pp / t[0];
+        if (loss < kCancel * (qpos / t[1] + Pp / t[0])) {
+          // |q - p| per token with the exact r (the side of tokens near r = 0 matters here).
+          for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K + dl), s);
+          loss = 0.5 * s[2] / s[1];
+        }
+        if (g) {
+          const float cpos = float((qneg + 0.5 * q0) / qt), cneg = float(-(qpos + 0.5 * q0) / qt);
+          const float czero = float(0.5 * (qneg - qpos) / qt);
+          for (size_t c = 0; c < chunks; ++c)
+            k.kd_grad_tvd(chunk(c, K + dl), cpos, cneg, czero, float(gscale / t[1]), g + c * kChunk);
+        }
       }
       break;
     }

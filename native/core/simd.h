@@ -75,6 +75,9 @@ struct Kernels {
   // loss as two sums of non-negative terms, weighted by p and by q, to sums[2..3] (see
   // kd.cc); then rkl adds [sum q r]; jsd adds [sum q (h(r) - h(hr->r0))] when hr is not
   // null; tvd instead uses sums[2..5] for [sum |q - p|, q mass where r > 0, r < 0, r = 0].
+  // KD pass 2, the cheap path (kd.cc): sums += [sum p, sum q, sum p r, sum q r, sum p |r|,
+  // sum q |r|], and with tvd also [sum (q - p) where r > 0, q mass where r > 0, r < 0, r = 0].
+  void (*kd_plain)(const KdChunk& c, bool tvd, double* sums);
   void (*kd_fkl)(const KdChunk& c, double* sums);
   void (*kd_rkl)(const KdChunk& c, double* sums);
   void (*kd_tvd)(const KdChunk& c, double* sums);

@@ -153,6 +153,7 @@ inline VD16 vd_ldexp_zero_below(VD16 p, VD16 n, VD16 x, VD16 lo) {
   for (int i = 0; i < 4; ++i) r.d[i] = _mm256_and_pd(ldexp4(p.d[i], n.d[i]), _mm256_cmp_pd(x.d[i], lo.d[i], _CMP_GE_OQ));
   return r;
 }
+inline bool v_all(M16 m) { return (_mm256_movemask_ps(m.lo) & _mm256_movemask_ps(m.hi)) == 0xff; }
 inline bool v_any(M16 m) { return (_mm256_movemask_ps(m.lo) | _mm256_movemask_ps(m.hi)) != 0; }
 // Lanes [0, n) true.
 inline M16 v_first(size_t n) {

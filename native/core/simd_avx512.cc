@@ -98,6 +98,7 @@ inline VD16 vd_ldexp_zero_below(VD16 p, VD16 n, VD16 x, VD16 lo) {
   return VD16{_mm512_maskz_scalef_pd(_mm512_cmp_pd_mask(x.lo, lo.lo, _CMP_GE_OQ), p.lo, n.lo),
               _mm512_maskz_scalef_pd(_mm512_cmp_pd_mask(x.hi, lo.hi, _CMP_GE_OQ), p.hi, n.hi)};
 }
+inline bool v_all(M16 m) { return m == 0xffff; }
 inline bool v_any(M16 m) { return m != 0; }
 // Lanes [0, n) true.
 inline M16 v_first(size_t n) { return __mmask16((1u << n) - 1u); }

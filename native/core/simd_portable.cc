@@ -109,6 +109,11 @@ inline VD16 vd_ldexp_zero_below(VD16 p, VD16 n, VD16 x, VD16 lo) {
   for (int i = 0; i < 16; ++i) r.v[i] = x.v[i] >= lo.v[i] ? __builtin_ldexp(p.v[i], int(n.v[i])) : 0.0;
   return r;
 }
+inline bool v_all(M16 m) {
+  for (int i = 0; i < 16; ++i)
+    if (!m.b[i]) return false;
+  return true;
+}
 inline bool v_any(M16 m) {
   for (int i = 0; i < 16; ++i)
     if (m.b[i]) return true;

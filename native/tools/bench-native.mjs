@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// `npm run bench:native [-- args]`: builds the core and bench/native/*.cc with CMake
-// (Release) and runs the kernel microbenchmark with the given arguments.
+// `npm run bench:native [-- [kd] args]`: builds the core and bench/native/*.cc with CMake
+// (Release) and runs the sampling-kernel (default) or the KD (kd) microbenchmark.
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -13,5 +13,9 @@ function run(cmd, args) {
   if (r.error || r.status !== 0) process.exit(r.status ?? 1);
 }
 run('cmake', ['-S', root, '-B', build, '-DCMAKE_BUILD_TYPE=Release']);
-run('cmake', ['--build', build, '--parallel', String(availableParallelism()), '--target', 'bench_kernels']);
-run(path.join(build, 'bench_kernels'), process.argv.slice(2));
+// `npm run bench:native -- kd ...` runs bench/native/kd.cc, otherwise bench/native/kernels.cc.
+const args = process.argv.slice(2);
+const which = args[0] === 'kd' ? 'bench_kd' : 'bench_kernels';
+if (args[0] === 'kd') args.shift();
+run('cmake', ['--build', build, '--parallel', String(availableParallelism()), '--target', which]);
+run(path.join(build, which), args);
