@@ -24,6 +24,11 @@ export interface KdLossOptions {
   mask?: Uint8Array;
   /** Also return d loss / d studentLogits. */
   grad?: boolean;
+  /**
+   * Write the gradient into this [rows, vocab] array (implies grad) instead of a new one:
+   * in a training loop this saves allocating and page-faulting rows * vocab floats per call.
+   */
+  gradOut?: Float32Array;
   /** Multiply loss, perRow and gradient by T^2 (Hinton et al.'s convention). */
   scaleByTemperatureSquared?: boolean;
 }
@@ -46,7 +51,7 @@ export interface AcceptanceRateOptions {
   draft?: PerRow<SamplingParams>;
 }
 
-const KD_KEYS = ['rows', 'vocab', 'divergence', 'temperature', 'beta', 'mask', 'grad', 'scaleByTemperatureSquared'] as const;
+const KD_KEYS = ['rows', 'vocab', 'divergence', 'temperature', 'beta', 'mask', 'grad', 'gradOut', 'scaleByTemperatureSquared'] as const;
 const AR_KEYS = ['rows', 'vocab', 'target', 'draft'] as const;
 
 function prepareKd(teacherLogits: unknown, studentLogits: unknown, options: unknown) {
@@ -76,7 +81,16 @@ function prepareKd(teacherLogits: unknown, studentLogits: unknown, options: unkn
     if (o[flag] !== undefined && typeof o[flag] !== 'boolean') fail('E_ARG', flag, 'a boolean', o[flag]);
   }
   const perRow = new Float32Array(rows);
-  const grad = o.grad === true ? new Float32Array(rows * vocab) : null;
+  let grad: Float32Array | null = null;
+  if (o.gradOut !== undefined) {
+    if (o.grad === false) fail('E_ARG', 'grad', 'true or absent when gradOut is given', o.grad);
+    grad = float32('gradOut', o.gradOut, rows * vocab, '[rows, vocab]');
+    if (grad.buffer === teacher.buffer || grad.buffer === student.buffer) {
+      fail('E_ARG', 'gradOut', 'an array that does not share memory with the logits', o.gradOut);
+    }
+  } else if (o.grad === true) {
+    grad = new Float32Array(rows * vocab);
+  }
   const args = [
     teacher, student, rows, vocab, divergence as 0 | 1 | 2 | 3, temperature, beta, mask,
     o.scaleByTemperatureSquared === true, perRow, grad,

@@ -88,7 +88,11 @@ describe('kdLoss equals the float64 reference', () => {
       const a = await kdLossAsync(teacher, student, opts);
       expect(a.loss).toBe(got.loss);
       expect(Array.from(a.grad!)).toEqual(Array.from(got.grad!));
-      // grad is absent unless asked for; an all-zero mask gives 0.
+      // gradOut receives the same gradient; grad is absent unless asked for; an all-zero mask gives 0.
+      const out = new Float32Array(rows * V).fill(7);
+      const viaOut = kdLoss(teacher, student, { ...opts, grad: undefined, gradOut: out });
+      expect(viaOut.grad).toBe(out);
+      expect(Array.from(out)).toEqual(Array.from(got.grad!));
       expect(kdLoss(teacher, student, { rows, vocab: V, divergence }).grad).toBeUndefined();
       expect(kdLoss(teacher, student, { rows, vocab: V, divergence, mask: new Uint8Array(rows) }).loss).toBe(0);
     }
@@ -241,6 +245,9 @@ describe('kdLoss and acceptanceRate errors', () => {
     expectError(() => kdLoss(t, s, { ...base, mask: new Uint8Array(2) }), 'E_SHAPE', 'mask');
     expectError(() => kdLoss(t, s, { ...base, mask: [1, 1, 1] as unknown as Uint8Array }), 'E_ARG', 'mask');
     expectError(() => kdLoss(t, s, { ...base, grad: 'yes' as unknown as boolean }), 'E_ARG', 'grad');
+    expectError(() => kdLoss(t, s, { ...base, gradOut: new Float32Array(5) }), 'E_SHAPE', 'gradOut');
+    expectError(() => kdLoss(t, s, { ...base, gradOut: s }), 'E_ARG', 'gradOut', 'share memory');
+    expectError(() => kdLoss(t, s, { ...base, grad: false, gradOut: new Float32Array(12) }), 'E_ARG', 'grad');
     expectError(() => kdLoss(t, s, { ...base, temprature: 2 } as never), 'E_ARG', 'temprature', 'unknown option');
     for (const bad of [NaN, Infinity, -Infinity]) {
       const u = s.slice();

@@ -18,6 +18,12 @@ describe('README', () => {
     expect(first[1]).toMatch(/^npm ci && npm test/);
   });
 
+  it('runs the KD example', () => {
+    const code = readme.split('## Knowledge distillation')[1]!.split('```js\n')[1]!.split('```')[0]!;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
+    expect(out).toContain('Float32Array');
+  });
+
   it('runs the API example', () => {
     const code = readme.split('## API')[1]!.split('```js\n')[1]!.split('```')[0]!;
     const out = execFileSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
