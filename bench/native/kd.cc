@@ -12,21 +12,16 @@
 #include <random>
 #include <vector>
 
+#include "bench_util.h"
 #include "kd.h"
 #include "sampling.h"
 #include "simd.h"
 #include "thread_pool.h"
 
 using namespace specula;
-using Clock = std::chrono::steady_clock;
-
-namespace {
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-}  // namespace
+using bench::Clock;
+using bench::median;
+using bench::seconds_since;
 
 int main(int argc, char** argv) {
   int threads = 2;
@@ -41,25 +36,13 @@ int main(int argc, char** argv) {
   std::printf("GB/s = teacher + student bytes / median time; baseline = a read of the same bytes, same threads, same run\n\n");
   std::printf("| divergence | rows | V | MB | loss ms | loss GB/s | ratio | +grad ms | +grad GB/s | ratio | baseline GB/s |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-  std::vector<float> table(1 << 20);
-  {
-    std::mt19937 gen(1);
-    std::normal_distribution<float> n01;
-    for (float& t : table) t = n01(gen);
-  }
   const std::vector<size_t> Rs = quick ? std::vector<size_t>{256} : std::vector<size_t>{256, 4096};
   for (size_t V : {size_t(32000), size_t(128256)}) {
     for (size_t R : Rs) {
       std::vector<float> zt(R * V), zs(R * V), grad(R * V), per_row(R);
-      uint64_t s = R * 31 + V;
-      for (size_t i = 0; i < zt.size(); i += 4096) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        const size_t off = size_t(s >> 40) % (table.size() - 8192), n = std::min<size_t>(4096, zt.size() - i);
-        for (size_t j = 0; j < n; ++j) {
-          zt[i + j] = 3 * table[off + j];
-          zs[i + j] = zt[i + j] + table[off + 4096 + j];
-        }
-      }
+      bench::fill_normal(zt.data(), zt.size(), 3.0f, R * 31 + V);
+      bench::fill_normal(zs.data(), zs.size(), 1.0f, R * 37 + V * 3);
+      for (size_t i = 0; i < zs.size(); ++i) zs[i] += zt[i];
       const float* arrays[2] = {zt.data(), zs.data()};
       const size_t lengths[2] = {zt.size(), zs.size()};
       const double bytes = 8.0 * double(R * V);

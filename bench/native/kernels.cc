@@ -14,40 +14,18 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "params.h"
 #include "sampling.h"
 #include "simd.h"
 #include "thread_pool.h"
 
 using namespace specula;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::median;
+using bench::seconds_since;
 
 namespace {
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Fills x with N(0, scale) values quickly: a table of normals, read at pseudo-random offsets.
-void fill_normal(std::vector<float>& x, float scale, uint32_t seed) {
-  static std::vector<float> table;
-  if (table.empty()) {
-    std::mt19937 gen(1);
-    std::normal_distribution<float> n01;
-    table.resize(1 << 20);
-    for (float& t : table) t = n01(gen);
-  }
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < x.size(); i += 4096) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    const size_t off = size_t(s >> 40) % (table.size() - 4096);
-    const size_t n = std::min<size_t>(4096, x.size() - i);
-    for (size_t j = 0; j < n; ++j) x[i + j] = scale * table[off + j];
-  }
-}
 
 struct Timing {
   double kernel_s, baseline_s;
@@ -98,8 +76,8 @@ int main(int argc, char** argv) {
     for (size_t G : Gs) {
       for (size_t B : Bs) {
         std::vector<float> target(B * (G + 1) * V), draft(B * G * V), noise(B * G * V);
-        fill_normal(target, 3.0f, uint32_t(B * 7 + G * 131 + V));
-        fill_normal(noise, 1.0f, uint32_t(B * 11 + G + V * 3));
+        bench::fill_normal(target.data(), target.size(), 3.0f, B * 7 + G * 131 + V);
+        bench::fill_normal(noise.data(), noise.size(), 1.0f, B * 11 + G + V * 3);
         for (size_t b = 0; b < B; ++b)
           for (size_t j = 0; j < G * V; ++j) draft[b * G * V + j] = target[b * (G + 1) * V + j] + noise[b * G * V + j];
         std::vector<uint64_t> seeds(B * G), offsets(B * G);

@@ -24,26 +24,14 @@
  *   jsd: (1-beta) q_j (log(q_j/m_j) - KL(q||m)) / T
  *   tvd: q_j (0.5 sign(q_j - p_j) - 0.5 sum_k q_k sign(q_k - p_k)) / T   (subgradient, sign(0) = 0)
  */
+import type { Divergence, KdLossOptions } from '../kd.js';
 import type { SamplingParams } from '../validate.js';
 import { referenceDistribution } from './sampling.js';
 
-export type Divergence = 'fkl' | 'rkl' | 'jsd' | 'tvd';
+export type { Divergence } from '../kd.js';
 
-export interface ReferenceKdOptions {
-  rows: number;
-  vocab: number;
-  divergence: Divergence;
-  /** Softmax temperature T > 0 applied to both teacher and student; default 1. */
-  temperature?: number;
-  /** JSD mixture weight of the teacher, in (0, 1); default 0.5. Ignored by the other divergences. */
-  beta?: number;
-  /** One entry per row: 1 = include the row, 0 = exclude it. Default: all rows included. */
-  mask?: Uint8Array;
-  /** Also return d loss / d studentLogits. */
-  grad?: boolean;
-  /** Multiply perRow, loss and grad by T^2 (the usual Hinton KD scaling). */
-  scaleByTemperatureSquared?: boolean;
-}
+/** The options of kdLoss (src/kd.ts), without the output buffer. */
+export type ReferenceKdOptions = Omit<KdLossOptions, 'gradOut'>;
 
 export interface ReferenceKdResult {
   /** Mean of perRow over the included rows; 0 when no row is included. */
