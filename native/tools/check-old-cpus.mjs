@@ -21,7 +21,7 @@ console.log(runtimeInfo().simd, Array.from(r.tokens).join(','));`;
 
 // out: the last line of stdout (qemu prints feature warnings on stderr); err: stderr.
 function run(cmd, args) {
-  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', timeout: 600_000 });
+  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', timeout: 600_000, env: { ...process.env, SPECULA_QUICK: '1' } });
   const lines = (r.stdout ?? '').trim().split('\n');
   return { ok: r.status === 0, out: lines[lines.length - 1] ?? '', all: `${r.stdout ?? ''}${r.stderr ?? ''}` };
 }
@@ -31,7 +31,7 @@ if (!reference.ok) throw new Error(`smoke run failed natively:\n${reference.out}
 const want = reference.out.split(' ')[1];
 let failed = false;
 for (const [cpu, level] of [['Nehalem', 'portable'], ['Haswell', 'avx2']]) {
-  for (const t of ['test_philox', 'test_simd', 'test_sampling']) {
+  for (const t of ['test_philox', 'test_simd', 'test_sampling', 'test_kd']) {
     const r = run('qemu-x86_64', ['-cpu', cpu, path.join(root, 'build-native', t)]);
     console.log(`${cpu}: ${t} ${r.ok ? 'passed' : `FAILED\n${r.all}`}`);
     failed ||= !r.ok;
