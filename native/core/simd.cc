@@ -17,10 +17,10 @@ bool cpu_has(const char* level) {
   __builtin_cpu_init();
   // __builtin_cpu_supports also checks that the OS saves the vector registers (XCR0).
   if (std::strcmp(level, "avx2") == 0)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (std::strcmp(level, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma");
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #endif
   return false;
 }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace specula::simd {
 
@@ -51,6 +52,30 @@ struct JsdSeries {
   float beta;
 };
 
+// Weight storage types of the model runtime: float32, IEEE half, bfloat16.
+enum class WType : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+// One matrix product of the model runtime (model.cc), dot-product form, on weights as
+// stored by Hugging Face (out_features, in_features), row-major:
+//   y[t, n] = sum_k x[t, k] w[n, k] (+ bias[n]) (+ the old y[t, n] when accumulate)
+// x (rows, k) with row stride ldx; w (N, k) with row stride ldw elements of wtype;
+// y (rows, N) with row stride ldy.
+// Batch invariance: every y[t, n] is computed the same way whatever `rows`, the column
+// range and the thread: 16 lane accumulators, lane l holding sum over k = l (mod 16) in
+// increasing k with fused multiply-adds, then reduce16's fixed tree, then + bias, then
+// + the old y. So a row's result never depends on the other rows of a batch.
+struct MatmulArgs {
+  const float* x;
+  size_t ldx, rows, k;
+  const void* w;
+  WType wtype;
+  size_t ldw;
+  const float* bias;  // (N) or null
+  float* y;
+  size_t ldy;
+  bool accumulate;
+};
+
 struct Kernels {
   const char* name;  // "avx512", "avx2" or "portable"
   // max(x[0..n)), n >= 1. Sets *bad = true if any element is NaN or +-Inf (else leaves it);
@@ -88,6 +113,32 @@ struct Kernels {
   void (*kd_grad_rkl)(const KdChunk& c, double C, float scale, float* g);
   void (*kd_grad_tvd)(const KdChunk& c, float cpos, float cneg, float czero, float scale, float* g);
   void (*kd_grad_jsd)(const KdChunk& c, const JsdRef& ref, float scale, float* g);
+
+  // Model runtime (model.cc). The fixed 16-lane tree used by every dot product below:
+  // s8[i] = l[i] + l[i + 8], s4[i] = s8[i] + s8[i + 4], s2[i] = s4[i] + s4[i + 2],
+  // result s2[0] + s2[1] (tree16 in simd_model.inc).
+  // matmul: columns [n0, n1) of MatmulArgs (see there). scratch: null, or room for
+  // (n1 - n0) * k floats, where f16/bf16 weights are widened once when there are enough
+  // rows to reuse them (the same values, so the same bits).
+  void (*matmul)(const MatmulArgs& a, size_t n0, size_t n1, float* scratch);
+  // Causal attention of `heads` query heads that share one key/value head, over n cached
+  // positions: for each head h, s[j] = dot(q_h, k_j) (tree), p = softmax(s * scale),
+  // out_h = (sum_j e_j v_j) / sum_j e_j with even and odd j in two sums added at the end.
+  // q (heads, hd) with row stride q_stride; k, v (n, hd) with row stride ld; scores:
+  // scratch of heads * (n rounded up to 16); out (heads, hd) with row stride out_stride.
+  // Each head's result is the same whatever `heads` (the grouping is only for speed).
+  void (*attend)(const float* q, size_t q_stride, size_t heads, const float* k, const float* v, size_t ld, size_t n,
+                 size_t hd, float scale, float* scores, float* out, size_t out_stride);
+  // RMSNorm: out = (x / sqrt(mean(x^2) + eps)) * w, n >= 1; the sum of squares as a dot.
+  void (*rmsnorm)(const float* x, const float* w, size_t n, float eps, float* out);
+  // SwiGLU: out[j] = g[j] / (1 + exp(-g[j])) * u[j].
+  void (*silu_mul)(const float* g, const float* u, size_t n, float* out);
+  // out[j] = float(src[j]) for stored weights (exact).
+  void (*widen)(const void* src, WType type, size_t n, float* out);
+  // The FMA ceiling of the benchmarks: iters rounds of independent fused multiply-adds
+  // on registers; returns the floating-point operations done (2 per lane per FMA) and
+  // stores a value depending on all of them in *sink.
+  double (*fma_peak)(size_t iters, double* sink);
 };
 
 // The table chosen for this CPU; SPECULA_SIMD=avx512|avx2|portable in the environment

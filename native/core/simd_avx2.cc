@@ -6,10 +6,10 @@
 #include <immintrin.h>
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #endif
 
 namespace specula::simd::avx2 {
@@ -37,6 +37,15 @@ inline void v_store_partial(float* p, size_t n, V16 v) {
   float t[16];
   v_store(t, v);
   for (size_t i = 0; i < n; ++i) p[i] = t[i];
+}
+// 16 bf16 / f16 values widened to f32 (bf16: the upper half of a float; f16: F16C).
+inline __m256 bf16x8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+inline V16 v_load_bf16(const uint16_t* p) { return V16{bf16x8(p), bf16x8(p + 8)}; }
+inline V16 v_load_f16(const uint16_t* p) {
+  return V16{_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+             _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
 }
 inline V16 v_add(V16 a, V16 b) { return V16{_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
 inline V16 v_sub(V16 a, V16 b) { return V16{_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)}; }
@@ -165,6 +174,23 @@ inline M16 v_first(size_t n) {
 inline void vd_store(double* p, VD16 x) {
   for (int i = 0; i < 4; ++i) _mm256_storeu_pd(p + 4 * i, x.d[i]);
 }
+
+// tree16 of each of 16 accumulators (simd_model.inc), lane by lane.
+inline float tree16_lanes(const float* l) {
+  float s8[8], s4[4];
+  for (int i = 0; i < 8; ++i) s8[i] = l[i] + l[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+inline void v_reduce16(const V16* acc, float* out) {
+  float l[16];
+  for (int j = 0; j < 16; ++j) {
+    v_store(l, acc[j]);
+    out[j] = tree16_lanes(l);
+  }
+}
+
+constexpr int kPeakChains = 6;  // k_fma_peak
 
 #include "simd_impl.inc"
 

@@ -6,14 +6,15 @@
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized on its own _mm512_undefined_*.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
+#pragma GCC target("avx512f,avx2,fma,f16c")
 #endif
 
 namespace specula::simd::avx512 {
@@ -32,6 +33,11 @@ inline V16 v_load_partial(const float* p, size_t n, float fill) {
   return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask(n), p);
 }
 inline void v_store_partial(float* p, size_t n, V16 v) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+// 16 bf16 / f16 values widened to f32 (bf16: the upper half of a float; f16: F16C).
+inline V16 v_load_bf16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline V16 v_load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline V16 v_add(V16 a, V16 b) { return _mm512_add_ps(a, b); }
 inline V16 v_sub(V16 a, V16 b) { return _mm512_sub_ps(a, b); }
 inline V16 v_mul(V16 a, V16 b) { return _mm512_mul_ps(a, b); }
@@ -106,6 +112,26 @@ inline void vd_store(double* p, VD16 d) {
   _mm512_storeu_pd(p, d.lo);
   _mm512_storeu_pd(p + 8, d.hi);
 }
+
+// tree16 of 16 accumulators at once (simd_model.inc): the same pairings, transposed.
+// Step 1 adds 256-bit halves (lanes i, i + 8) of pairs of accumulators, step 2 the
+// 128-bit quarters (i, i + 4), steps 3 and 4 the elements (i, i + 2) and (i, i + 1)
+// within quarters. Lane 4c + p of the result holds accumulator c + 4p.
+inline void v_reduce16(const V16* a, float* out) {
+  V16 r[8], u[4], w[2];
+  for (int i = 0; i < 8; ++i)
+    r[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0x88), _mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+  const V16 s = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+  // out[c + 4p] = s[4c + p]
+  const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  _mm512_storeu_ps(out, _mm512_permutexvar_ps(idx, s));
+}
+
+constexpr int kPeakChains = 12;  // k_fma_peak
 
 #include "simd_impl.inc"
 

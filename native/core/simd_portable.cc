@@ -28,6 +28,37 @@ inline V16 v_load_partial(const float* p, size_t n, float fill) { SPECULA_LANES(
 inline void v_store_partial(float* p, size_t n, V16 v) {
   for (size_t i = 0; i < n; ++i) p[i] = v.v[i];
 }
+// 16 bf16 / f16 values widened to f32.
+inline float bf16_to_f32(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);  // inf / nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    uint32_t m = man;
+    do {
+      ++e;
+      m <<= 1;
+    } while ((m & 0x400u) == 0);
+    bits = sign | (uint32_t(112 - e) << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+inline V16 v_load_bf16(const uint16_t* p) { SPECULA_LANES(bf16_to_f32(p[i])); }
+inline V16 v_load_f16(const uint16_t* p) { SPECULA_LANES(f16_to_f32(p[i])); }
 inline V16 v_add(V16 a, V16 b) { SPECULA_LANES(a.v[i] + b.v[i]); }
 inline V16 v_sub(V16 a, V16 b) { SPECULA_LANES(a.v[i] - b.v[i]); }
 inline V16 v_mul(V16 a, V16 b) { SPECULA_LANES(a.v[i] * b.v[i]); }
@@ -128,6 +159,23 @@ inline void vd_store(double* p, VD16 x) {
   for (int i = 0; i < 16; ++i) p[i] = x.v[i];
 }
 #undef SPECULA_LANES
+
+// tree16 of each of 16 accumulators (simd_model.inc), lane by lane.
+inline float tree16_lanes(const float* l) {
+  float s8[8], s4[4];
+  for (int i = 0; i < 8; ++i) s8[i] = l[i] + l[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+inline void v_reduce16(const V16* acc, float* out) {
+  float l[16];
+  for (int j = 0; j < 16; ++j) {
+    v_store(l, acc[j]);
+    out[j] = tree16_lanes(l);
+  }
+}
+
+constexpr int kPeakChains = 4;  // k_fma_peak
 
 #include "simd_impl.inc"
 

@@ -1,6 +1,7 @@
 #include "thread_pool.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <exception>
 #include <string>
@@ -32,6 +33,15 @@ struct ThreadPool::Job {
   std::exception_ptr error;
 };
 
+namespace {
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+constexpr auto kSpin = std::chrono::microseconds(1000);  // a worker's busy wait before it sleeps
+}  // namespace
+
 ThreadPool& ThreadPool::global() {
   static ThreadPool pool(initial_threads());
   return pool;
@@ -49,7 +59,7 @@ int ThreadPool::available_cores() {
   return n >= 1 ? int(n) : 1;
 }
 
-ThreadPool::ThreadPool(int threads) { start(threads < 1 ? 1 : threads); }
+ThreadPool::ThreadPool(int threads) : job_(new Job) { start(threads < 1 ? 1 : threads); }
 
 ThreadPool::~ThreadPool() { stop(); }
 
@@ -104,48 +114,66 @@ void ThreadPool::run_tasks(Job& job) {
 }
 
 void ThreadPool::worker_loop() {
-  unsigned long long seen = 0;
+  unsigned long long seen = generation_.load();
   for (;;) {
-    Job* job;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stopping_ || (job_ != nullptr && generation_ != seen); });
-      if (stopping_) return;
-      seen = generation_;
-      job = job_;
-      ++busy_;
+    unsigned long long g = generation_.load();
+    if (g == seen && !stopping_.load()) {
+      const auto until = std::chrono::steady_clock::now() + kSpin;
+      for (int spins = 1;; ++spins) {
+        cpu_relax();
+        g = generation_.load();
+        if (g != seen || stopping_.load()) break;
+        if (spins % 64 == 0 && std::chrono::steady_clock::now() > until) break;
+      }
+      if (g == seen && !stopping_.load()) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleepers_.fetch_add(1);
+        wake_.wait(lock, [&] { return stopping_.load() || generation_.load() != seen; });
+        sleepers_.fetch_sub(1);
+        g = generation_.load();
+      }
     }
-    run_tasks(*job);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --busy_;
-    }
-    done_.notify_all();
+    if (stopping_.load()) return;
+    seen = g;
+    active_.fetch_add(1);
+    if (generation_.load() == g && closed_.load() != g) run_tasks(*job_);
+    active_.fetch_sub(1);
   }
 }
 
 void ThreadPool::parallel_for(size_t n, const std::function<void(size_t)>& fn) {
   if (n == 0) return;
-  Job job;
+  if (t_inside_task || n == 1 || threads_ == 1) {
+    Job job;
+    job.n = n;
+    job.fn = &fn;
+    run_tasks(job);
+    if (job.error) std::rethrow_exception(job.error);
+    return;
+  }
+  std::lock_guard<std::mutex> run(run_mu_);
+  Job& job = *job_;  // no worker is inside: the last call waited for active_ == 0
   job.n = n;
   job.fn = &fn;
-  if (t_inside_task || n == 1 || threads_ == 1) {
-    run_tasks(job);
-  } else {
-    std::lock_guard<std::mutex> run(run_mu_);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job_ = &job;
-      ++generation_;
-    }
+  job.next.store(0);
+  job.err_index = SIZE_MAX;
+  job.error = nullptr;
+  const unsigned long long g = generation_.fetch_add(1) + 1;
+  if (sleepers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(mu_); }
     wake_.notify_all();
-    run_tasks(job);
-    std::unique_lock<std::mutex> lock(mu_);
-    // Workers that woke up hold busy_; workers that did not yet wake will see job_ == nullptr.
-    job_ = nullptr;
-    done_.wait(lock, [&] { return busy_ == 0; });
   }
-  if (job.error) std::rethrow_exception(job.error);
+  run_tasks(job);
+  // Every task is claimed; close the generation and wait for the workers still in it.
+  closed_.store(g);
+  for (int spins = 1; active_.load() != 0; ++spins) {
+    cpu_relax();
+    if (spins % 256 == 0) std::this_thread::yield();
+  }
+  std::exception_ptr error = std::move(job.error);
+  job.error = nullptr;
+  job.fn = nullptr;
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace specula

@@ -1,0 +1,227 @@
+// Model-runtime microbenchmark (no Node): a random ~100M-parameter Llama written to a
+// temporary file, then decode (1 x 1 token at context 512), verification (8 x 5 tokens),
+// and prefill (1 x 512) against ceilings measured in the same run: read bandwidth over a
+// buffer the size of the weights, and an FMA-peak loop.
+//   bench_model [--dtype f32|bf16|f16] [--threads N] [--quick]
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "model.h"
+#include "sampling.h"
+#include "simd.h"
+#include "thread_pool.h"
+
+using specula::simd::WType;
+
+namespace {
+
+struct TempFile {
+  std::string path;
+  ~TempFile() {
+    if (!path.empty()) ::unlink(path.c_str());
+  }
+};
+
+// Writes random weights (normal, std 0.02; norms 1) for the config; returns the specs.
+std::vector<specula::TensorSpec> write_model(const specula::ModelConfig& c, WType wt, const std::string& path) {
+  std::vector<specula::TensorSpec> specs;
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) {
+    std::perror(path.c_str());
+    std::exit(1);
+  }
+  const size_t es = wt == WType::F32 ? 4 : 2;
+  const char* dt = wt == WType::F32 ? "F32" : wt == WType::F16 ? "F16" : "BF16";
+  uint64_t off = 0;
+  std::vector<float> buf;
+  std::vector<uint8_t> bytes;
+  auto add = [&](const std::string& name, std::vector<uint64_t> shape, bool norm) {
+    size_t n = 1;
+    for (auto d : shape) n *= d;
+    buf.resize(n);
+    if (norm) {
+      for (float& v : buf) v = 1.0f;
+    } else {
+      bench::fill_normal(buf.data(), n, 0.02f, specs.size() + 1);
+    }
+    bytes.resize(n * es);
+    for (size_t i = 0; i < n; ++i) {
+      if (wt == WType::F32) {
+        std::memcpy(bytes.data() + 4 * i, &buf[i], 4);
+      } else {
+        uint32_t b;
+        std::memcpy(&b, &buf[i], 4);
+        uint16_t h;
+        if (wt == WType::BF16) {
+          h = uint16_t((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+        } else {  // f16 by truncation is fine for a benchmark
+          const int e = int((b >> 23) & 255) - 127 + 15;
+          h = uint16_t(((b >> 16) & 0x8000) | (e <= 0 ? 0 : e >= 31 ? 0x7bff : (e << 10) | ((b >> 13) & 1023)));
+        }
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+      }
+    }
+    std::fwrite(bytes.data(), 1, bytes.size(), f);
+    specula::TensorSpec t;
+    t.name = name;
+    t.offset = off;
+    t.bytes = bytes.size();
+    t.dtype = dt;
+    t.shape = shape;
+    specs.push_back(t);
+    off += bytes.size();
+  };
+  const size_t qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim;
+  add("model.embed_tokens.weight", {c.vocab, c.hidden}, false);
+  add("model.norm.weight", {c.hidden}, true);
+  for (size_t l = 0; l < c.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {c.hidden}, true);
+    add(p + "post_attention_layernorm.weight", {c.hidden}, true);
+    add(p + "self_attn.q_proj.weight", {qd, c.hidden}, false);
+    add(p + "self_attn.k_proj.weight", {kvd, c.hidden}, false);
+    add(p + "self_attn.v_proj.weight", {kvd, c.hidden}, false);
+    add(p + "self_attn.o_proj.weight", {c.hidden, qd}, false);
+    add(p + "mlp.gate_proj.weight", {c.intermediate, c.hidden}, false);
+    add(p + "mlp.up_proj.weight", {c.intermediate, c.hidden}, false);
+    add(p + "mlp.down_proj.weight", {c.hidden, c.intermediate}, false);
+  }
+  std::fclose(f);
+  return specs;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dtype = "f32";
+  int threads = 2;
+  bool quick = false, prefill_only = false;  // --prefill-only: for profilers
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--dtype" && i + 1 < argc) dtype = argv[++i];
+    else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (a == "--quick") quick = true;
+    else if (a == "--prefill-only") prefill_only = true;
+  }
+  const WType wt = dtype == "bf16" ? WType::BF16 : dtype == "f16" ? WType::F16 : WType::F32;
+  specula::ThreadPool::global().set_threads(threads);
+  specula::ModelConfig c;  // the llama-100m preset of initModel
+  c.vocab = 32000;
+  c.hidden = 768;
+  c.intermediate = 2048;
+  c.layers = 12;
+  c.heads = 12;
+  c.kv_heads = 4;
+  c.head_dim = 64;
+  c.tie_embeddings = true;
+  c.context = 1024;
+  TempFile tmp;
+  tmp.path = "/tmp/specula-bench-model-" + std::to_string(::getpid()) + ".bin";
+  const auto specs = write_model(c, wt, tmp.path);
+  auto model = std::make_shared<const specula::Model>(c, std::vector<std::string>{tmp.path}, specs);
+  const double wbytes = double(model->weight_bytes_per_token());
+  std::printf("model: llama-100m %s, %.1f M parameters, %.0f MB weights per token, %s, %d threads\n", dtype.c_str(),
+              wbytes / (wt == WType::F32 ? 4 : 2) / 1e6, wbytes / 1e6, specula::simd::kernels().name, threads);
+
+  // Ceilings.
+  std::vector<float> big(size_t(wbytes / 4) + (1 << 20));
+  bench::fill_normal(big.data(), big.size(), 1, 7);
+  const float* arrays[1] = {big.data()};
+  const size_t lens[1] = {big.size()};
+  std::vector<double> bw;
+  for (int r = 0; r < 5; ++r) {
+    const auto t0 = bench::Clock::now();
+    specula::read_pass(arrays, lens, 1);
+    bw.push_back(double(big.size()) * 4 / bench::seconds_since(t0));
+  }
+  std::sort(bw.begin(), bw.end());
+  const double read_bw = bw.back();
+  big.clear();
+  big.shrink_to_fit();
+  double peak = 0;
+  for (int r = 0; r < 5; ++r) {
+    std::vector<double> flops(threads), sink(threads);
+    const auto t0 = bench::Clock::now();
+    specula::ThreadPool::global().parallel_for(threads, [&](size_t i) {
+      flops[i] = specula::simd::kernels().fma_peak(20000000, &sink[i]);
+    });
+    const double s = bench::seconds_since(t0);
+    double f = 0;
+    for (double v : flops) f += v;
+    peak = std::max(peak, f / s);
+  }
+  std::printf("ceilings: read %.1f GB/s, FMA peak %.0f GFLOP/s\n", read_bw / 1e9, peak / 1e9);
+
+  const size_t ctx = 512, V = c.vocab;
+  std::vector<int32_t> prompt(ctx);
+  for (size_t i = 0; i < ctx; ++i) prompt[i] = int32_t((i * 7919 + 13) % V);
+  std::vector<float> logits(40 * V);
+
+  // Prefill 1 x 512 (last logits).
+  double prefill_s = 1e9;
+  {
+    specula::KvCache cache(model, 1, ctx + 16);
+    for (int r = 0; r < (quick ? 1 : prefill_only ? 10 : 3); ++r) {
+      cache.reset();
+      specula::ForwardItem it{0, prompt.data(), ctx, 1};
+      const auto t0 = bench::Clock::now();
+      cache.forward(&it, 1, logits.data());
+      prefill_s = std::min(prefill_s, bench::seconds_since(t0));
+    }
+  }
+  // Matmul flops plus attention (q k and p v over the causal triangle).
+  const double mm_flops = 2.0 * (wbytes / (wt == WType::F32 ? 4 : 2));
+  const double attn_flops = 4.0 * c.layers * c.heads * c.head_dim * (double(ctx) * (ctx + 1) / 2);
+  const double prefill_flops = mm_flops * ctx - 2.0 * c.vocab * c.hidden * (ctx - 1) + attn_flops;
+
+  if (prefill_only) {
+    std::printf("prefill  %8.1f ms (1 x 512)  %6.1f GFLOP/s  %.2f of FMA peak\n", prefill_s * 1e3,
+                prefill_flops / prefill_s / 1e9, prefill_flops / prefill_s / peak);
+    return 0;
+  }
+  // Decode at context 512: one token, then roll back.
+  specula::KvCache cache(model, 8, ctx + 16);
+  for (size_t s = 0; s < 8; ++s) {
+    specula::ForwardItem it{s, prompt.data(), ctx, 0};
+    cache.forward(&it, 1, logits.data());
+  }
+  std::vector<double> dec;
+  const int steps = quick ? 10 : 40;
+  for (int r = 0; r < steps; ++r) {
+    const int32_t tok = int32_t(r * 31 % V);
+    specula::ForwardItem it{0, &tok, 1, 1};
+    const auto t0 = bench::Clock::now();
+    cache.forward(&it, 1, logits.data());
+    dec.push_back(bench::seconds_since(t0));
+    cache.truncate(0, ctx);
+  }
+  const double decode_s = bench::median(dec);
+  // Verification: 8 sequences x 5 tokens, all logits.
+  std::vector<double> ver;
+  std::vector<int32_t> vt(40);
+  for (size_t i = 0; i < 40; ++i) vt[i] = int32_t((i * 104729) % V);
+  for (int r = 0; r < (quick ? 5 : 15); ++r) {
+    specula::ForwardItem items[8];
+    for (size_t s = 0; s < 8; ++s) items[s] = {s, vt.data() + 5 * s, 5, 5};
+    const auto t0 = bench::Clock::now();
+    cache.forward(items, 8, logits.data());
+    ver.push_back(bench::seconds_since(t0));
+    for (size_t s = 0; s < 8; ++s) cache.truncate(s, ctx);
+  }
+  const double verify_s = bench::median(ver);
+  const double bound_s = wbytes / read_bw;
+  std::printf("decode   %8.2f ms/token  %7.1f tokens/s  bandwidth bound %.2f ms: %.2f of it\n", decode_s * 1e3,
+              1 / decode_s, bound_s * 1e3, bound_s / decode_s);
+  std::printf("verify   %8.2f ms (8 x 5 tokens)  %.2f x decode\n", verify_s * 1e3, verify_s / decode_s);
+  std::printf("prefill  %8.1f ms (1 x 512)  %6.1f GFLOP/s  %.2f of FMA peak\n", prefill_s * 1e3,
+              prefill_flops / prefill_s / 1e9, prefill_flops / prefill_s / peak);
+  return 0;
+}

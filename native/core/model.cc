@@ -1,0 +1,498 @@
+#include "model.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <new>
+#include <string>
+
+#include "error.h"
+#include "thread_pool.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define SPECULA_HAVE_MMAP 1
+#endif
+
+namespace specula {
+
+// A read-only memory map of a whole file.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) : path_(path) {
+#if SPECULA_HAVE_MMAP
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Error(Code::IO, path + ": cannot open (" + std::strerror(errno) + ")");
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+      const int e = errno;
+      ::close(fd);
+      throw Error(Code::IO, path + ": cannot stat (" + std::strerror(e) + ")");
+    }
+    size_ = size_t(st.st_size);
+    if (size_ > 0) {
+      int flags = MAP_PRIVATE;
+#if defined(MAP_POPULATE)
+      flags |= MAP_POPULATE;  // read the file now: load is load, not the first token
+#endif
+      void* p = ::mmap(nullptr, size_, PROT_READ, flags, fd, 0);
+      if (p == MAP_FAILED) {
+        const int e = errno;
+        ::close(fd);
+        throw Error(Code::IO, path + ": cannot map (" + std::strerror(e) + ")");
+      }
+      data_ = static_cast<const uint8_t*>(p);
+    }
+    ::close(fd);
+#else
+    throw Error(Code::Unsupported, path + ": memory-mapped models need a POSIX system");
+#endif
+  }
+  ~MappedFile() {
+#if SPECULA_HAVE_MMAP
+    if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+#endif
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+namespace {
+
+std::string shape_str(const std::vector<uint64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+void check_config(const ModelConfig& c) {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw Error(Code::Arg, "config: " + what);
+  };
+  const size_t kMax = size_t(1) << 24;
+  need(c.vocab >= 1 && c.vocab <= (size_t(1) << 31) - 1, "vocab size must be in [1, 2^31)");
+  need(c.hidden >= 1 && c.hidden <= kMax, "hidden size must be in [1, 2^24]");
+  need(c.intermediate >= 1 && c.intermediate <= kMax, "intermediate size must be in [1, 2^24]");
+  need(c.layers >= 1 && c.layers <= 4096, "layer count must be in [1, 4096]");
+  need(c.heads >= 1 && c.heads <= 4096 && c.kv_heads >= 1 && c.heads % c.kv_heads == 0,
+       "num_attention_heads must be a positive multiple of num_key_value_heads");
+  need(c.head_dim >= 2 && c.head_dim <= 4096 && c.head_dim % 2 == 0, "head_dim must be even, in [2, 4096]");
+  need(c.context >= 1 && c.context <= (size_t(1) << 24), "context length must be in [1, 2^24]");
+  need(std::isfinite(c.rms_eps) && c.rms_eps > 0, "rms_norm_eps must be positive");
+  need(std::isfinite(c.rope_theta) && c.rope_theta > 0, "rope_theta must be positive");
+  if (c.rope_llama3)
+    need(c.rope_factor > 0 && c.rope_low_freq > 0 && c.rope_high_freq > c.rope_low_freq && c.rope_original_max > 0,
+         "rope_scaling (llama3) needs factor > 0 and high_freq_factor > low_freq_factor > 0");
+}
+
+// Hugging Face's inverse frequencies, rounded to float as transformers keeps them; with
+// llama3 scaling (_compute_llama3_parameters) applied first, in double.
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
+  const size_t half = c.head_dim / 2;
+  std::vector<float> out(half);
+  const double pi = 3.14159265358979323846;
+  for (size_t i = 0; i < half; ++i) {
+    double f = 1.0 / std::pow(c.rope_theta, double(2 * i) / double(c.head_dim));
+    if (c.rope_llama3) {
+      const double low_wavelen = c.rope_original_max / c.rope_low_freq;
+      const double high_wavelen = c.rope_original_max / c.rope_high_freq;
+      const double wavelen = 2 * pi / f;
+      if (wavelen > low_wavelen) {
+        f = f / c.rope_factor;
+      } else if (!(wavelen < high_wavelen)) {
+        const double smooth = (c.rope_original_max / wavelen - c.rope_low_freq) / (c.rope_high_freq - c.rope_low_freq);
+        f = (1 - smooth) * f / c.rope_factor + smooth * f;
+      }
+    }
+    out[i] = float(f);
+  }
+  return out;
+}
+
+}  // namespace
+
+Model::~Model() = default;
+
+uint64_t Model::mapped_bytes() const {
+  uint64_t n = 0;
+  for (const auto& f : files_) n += f->size();
+  return n;
+}
+
+Model::Model(const ModelConfig& config, const std::vector<std::string>& files, const std::vector<TensorSpec>& tensors)
+    : config_(config) {
+  check_config(config);
+  for (const std::string& f : files) files_.push_back(std::make_unique<MappedFile>(f));
+
+  std::map<std::string, const TensorSpec*> by_name;
+  for (const TensorSpec& t : tensors) {
+    if (t.file >= files_.size())
+      throw Error(Code::Arg, "tensor \"" + t.name + "\": file index " + std::to_string(t.file) + " out of range");
+    auto [it, fresh] = by_name.emplace(t.name, &t);
+    if (!fresh)
+      throw Error(Code::Format, "tensor \"" + t.name + "\" appears twice (in " + files_[it->second->file]->path() +
+                                    " and " + files_[t.file]->path() + ")");
+  }
+  std::string all_files;
+  for (size_t i = 0; i < files_.size(); ++i) all_files += (i ? ", " : "") + files_[i]->path();
+
+  // Looks a tensor up and checks its dtype, shape and byte range.
+  auto find = [&](const std::string& name, std::vector<uint64_t> shape) -> std::pair<const TensorSpec*, const void*> {
+    auto it = by_name.find(name);
+    if (it == by_name.end())
+      throw Error(Code::Format, "tensor \"" + name + "\" is missing (looked in " + all_files + ")");
+    const TensorSpec& t = *it->second;
+    const MappedFile& f = *files_[t.file];
+    const std::string where = f.path() + ": tensor \"" + name + "\"";
+    size_t elem;
+    if (t.dtype == "F32") {
+      elem = 4;
+    } else if (t.dtype == "F16" || t.dtype == "BF16") {
+      elem = 2;
+    } else {
+      throw Error(Code::Unsupported, where + ": dtype " + t.dtype + " is not supported (expected F32, F16 or BF16)");
+    }
+    if (t.shape != shape)
+      throw Error(Code::Shape, where + ": expected shape " + shape_str(shape) + " (from config.json), found " +
+                                   shape_str(t.shape));
+    uint64_t numel = 1;
+    for (uint64_t d : shape) numel *= d;  // bounded by check_config
+    if (t.bytes != numel * elem)
+      throw Error(Code::Format, where + ": " + t.dtype + " " + shape_str(shape) + " needs " + std::to_string(numel * elem) +
+                                    " bytes, its data range has " + std::to_string(t.bytes));
+    if (t.offset > f.size() || t.bytes > f.size() - t.offset)
+      throw Error(Code::Format, where + ": data range [" + std::to_string(t.offset) + ", " +
+                                    std::to_string(t.offset + t.bytes) + ") lies outside the file (" +
+                                    std::to_string(f.size()) + " bytes)");
+    return {&t, f.data() + t.offset};
+  };
+  auto wtype = [](const std::string& dtype) {
+    return dtype == "F32" ? simd::WType::F32 : dtype == "F16" ? simd::WType::F16 : simd::WType::BF16;
+  };
+  auto matrix = [&](const std::string& name, size_t rows, size_t cols) {
+    auto [t, p] = find(name, {rows, cols});
+    WeightView w;
+    w.data = p;
+    w.type = wtype(t->dtype);
+    w.rows = rows;
+    w.cols = cols;
+    return w;
+  };
+  auto vec = [&](const std::string& name, size_t n) {
+    auto [t, p] = find(name, {n});
+    std::vector<float> out(n);
+    simd::kernels().widen(p, wtype(t->dtype), n, out.data());
+    return out;
+  };
+  auto bytes = [](const WeightView& w) { return uint64_t(w.rows) * w.cols * (w.type == simd::WType::F32 ? 4 : 2); };
+
+  const ModelConfig& c = config_;
+  const size_t qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim;
+  embed_ = matrix("model.embed_tokens.weight", c.vocab, c.hidden);
+  lm_head_ = c.tie_embeddings ? embed_ : matrix("lm_head.weight", c.vocab, c.hidden);
+  final_norm_ = vec("model.norm.weight", c.hidden);
+  bytes_per_token_ = bytes(lm_head_);
+  layers_.resize(c.layers);
+  for (size_t i = 0; i < c.layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    Layer& l = layers_[i];
+    l.attn_norm = vec(p + "input_layernorm.weight", c.hidden);
+    l.mlp_norm = vec(p + "post_attention_layernorm.weight", c.hidden);
+    l.wq = matrix(p + "self_attn.q_proj.weight", qd, c.hidden);
+    l.wk = matrix(p + "self_attn.k_proj.weight", kvd, c.hidden);
+    l.wv = matrix(p + "self_attn.v_proj.weight", kvd, c.hidden);
+    l.wo = matrix(p + "self_attn.o_proj.weight", c.hidden, qd);
+    if (c.qkv_bias) {
+      l.bq = vec(p + "self_attn.q_proj.bias", qd);
+      l.bk = vec(p + "self_attn.k_proj.bias", kvd);
+      l.bv = vec(p + "self_attn.v_proj.bias", kvd);
+    }
+    if (c.o_bias) l.bo = vec(p + "self_attn.o_proj.bias", c.hidden);
+    l.wg = matrix(p + "mlp.gate_proj.weight", c.intermediate, c.hidden);
+    l.wu = matrix(p + "mlp.up_proj.weight", c.intermediate, c.hidden);
+    l.wd = matrix(p + "mlp.down_proj.weight", c.hidden, c.intermediate);
+    for (const WeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.wg, &l.wu, &l.wd}) bytes_per_token_ += bytes(*w);
+  }
+  inv_freq_ = rope_inv_freq(c);
+}
+
+// ---------------------------------------------------------------------------------------
+// KV cache and forward
+
+FloatBuffer::~FloatBuffer() { std::free(p_); }
+
+void FloatBuffer::reserve(size_t n) {
+  if (n <= n_ && p_ != nullptr) return;
+  std::free(p_);
+  p_ = nullptr;
+  n_ = 0;
+  const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  p_ = static_cast<float*>(p);
+  n_ = n;
+}
+
+void FloatBuffer::assign_zero(size_t n) {
+  reserve(n);
+  std::memset(p_, 0, n * sizeof(float));
+}
+
+KvCache::KvCache(std::shared_ptr<const Model> model, size_t sequences, size_t capacity)
+    : model_(std::move(model)), capacity_(capacity) {
+  const ModelConfig& c = model_->config();
+  if (sequences < 1 || sequences > 65536)
+    throw Error(Code::Value, "sequences: expected an integer in [1, 65536], received " + std::to_string(sequences));
+  if (capacity < 1 || capacity > c.context)
+    throw Error(Code::Value, "capacity: expected an integer in [1, " + std::to_string(c.context) +
+                                 "] (the model's context length), received " + std::to_string(capacity));
+  const double floats = double(c.layers) * double(sequences) * double(c.kv_heads) * double(capacity) * double(c.head_dim);
+  if (floats * 8 > 1e12)
+    throw Error(Code::Value, "a KV cache of " + js_number(floats * 8) + " bytes is too large");
+  try {
+    k_.assign_zero(size_t(floats));
+    v_.assign_zero(size_t(floats));
+  } catch (const std::bad_alloc&) {
+    throw Error(Code::State, "cannot allocate a KV cache of " + js_number(floats * 8) + " bytes");
+  }
+  lengths_.assign(sequences, 0);
+}
+
+size_t KvCache::length(size_t seq) const {
+  if (seq >= lengths_.size())
+    throw Error(Code::Value, "seq: expected an integer in [0, " + std::to_string(lengths_.size() - 1) + "], received " +
+                                 std::to_string(seq));
+  return lengths_[seq];
+}
+
+void KvCache::truncate(size_t seq, size_t length) {
+  const size_t cur = this->length(seq);
+  if (length > cur)
+    throw Error(Code::Value, "length: expected at most the sequence's length " + std::to_string(cur) + ", received " +
+                                 std::to_string(length));
+  lengths_[seq] = length;
+}
+
+void KvCache::reset() { lengths_.assign(lengths_.size(), 0); }
+
+namespace {
+
+// One parallel_for over column blocks of several independent matrix products.
+void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_list<size_t> ns) {
+  constexpr size_t kCols = 64;  // a multiple of 16 (the widest tile)
+  struct Block {
+    const simd::MatmulArgs* a;
+    size_t n0, n1;
+  };
+  std::vector<Block> blocks;
+  auto n = ns.begin();
+  for (const simd::MatmulArgs& a : list) {
+    for (size_t n0 = 0; n0 < *n; n0 += kCols) blocks.push_back({&a, n0, n0 + kCols < *n ? n0 + kCols : *n});
+    ++n;
+  }
+  const simd::Kernels& k = simd::kernels();
+  ThreadPool::global().parallel_for(blocks.size(), [&](size_t i) {
+    const Block& b = blocks[i];
+    thread_local FloatBuffer scratch;  // f16/bf16 weights widened once per block
+    float* s = nullptr;
+    if (b.a->wtype != simd::WType::F32) {
+      scratch.reserve(kCols * b.a->k);
+      s = scratch.data();
+    }
+    k.matmul(*b.a, b.n0, b.n1, s);
+  });
+}
+
+simd::MatmulArgs mm(const float* x, size_t ldx, size_t rows, const WeightView& w, const std::vector<float>& bias,
+                    float* y, size_t ldy, bool accumulate) {
+  simd::MatmulArgs a;
+  a.x = x;
+  a.ldx = ldx;
+  a.rows = rows;
+  a.k = w.cols;
+  a.w = w.data;
+  a.wtype = w.type;
+  a.ldw = w.cols;
+  a.bias = bias.empty() ? nullptr : bias.data();
+  a.y = y;
+  a.ldy = ldy;
+  a.accumulate = accumulate;
+  return a;
+}
+
+template <class F>
+void for_rows(size_t rows, size_t work_per_row, F fn) {
+  // Parallel over rows only when there is enough work to pay for the hand-off.
+  if (rows * work_per_row < (size_t(1) << 16)) {
+    for (size_t t = 0; t < rows; ++t) fn(t);
+  } else {
+    ThreadPool::global().parallel_for(rows, fn);
+  }
+}
+
+size_t pad16(size_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace
+
+void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
+  const ModelConfig& c = model_->config();
+  const size_t S = lengths_.size();
+  if (count == 0) throw Error(Code::Arg, "items: expected at least one item");
+  std::vector<char> seen(S, 0);
+  size_t T = 0, R = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const ForwardItem& it = items[i];
+    const std::string where = "items[" + std::to_string(i) + "]";
+    if (it.seq >= S)
+      throw Error(Code::Value, where + ".seq: expected an integer in [0, " + std::to_string(S - 1) + "], received " +
+                                   std::to_string(it.seq));
+    if (seen[it.seq]) throw Error(Code::Arg, where + ".seq: sequence " + std::to_string(it.seq) + " appears twice in one call");
+    seen[it.seq] = 1;
+    if (it.n < 1) throw Error(Code::Shape, where + ".tokens: expected at least one token, received none");
+    if (it.n_logits > it.n)
+      throw Error(Code::Value, where + ": asks for the logits of " + std::to_string(it.n_logits) + " tokens, has " +
+                                   std::to_string(it.n));
+    if (lengths_[it.seq] + it.n > capacity_)
+      throw Error(Code::Shape, where + ": sequence " + std::to_string(it.seq) + " would grow to " +
+                                   std::to_string(lengths_[it.seq] + it.n) + " tokens, past the cache capacity " +
+                                   std::to_string(capacity_));
+    for (size_t j = 0; j < it.n; ++j) {
+      const int32_t tok = it.tokens[j];
+      if (tok < 0 || size_t(tok) >= c.vocab)
+        throw Error(Code::Value, where + ".tokens[" + std::to_string(j) + "]: expected a token id in [0, " +
+                                     std::to_string(c.vocab - 1) + "], received " + std::to_string(tok));
+    }
+    T += it.n;
+    R += it.n_logits;
+  }
+
+  const size_t H = c.hidden, I = c.intermediate, hd = c.head_dim, half = hd / 2;
+  const size_t qd = c.heads * hd, kvd = c.kv_heads * hd, group = c.heads / c.kv_heads;
+  // Row strides, padded so that every activation row starts on a cache line.
+  const size_t lh = pad16(H), lq = pad16(qd), lkv = pad16(kvd), li = pad16(I);
+  const simd::Kernels& K = simd::kernels();
+  // Row t: its sequence and position.
+  std::vector<size_t> row_seq(T), row_pos(T);
+  std::vector<size_t> out_rows;  // rows whose logits are returned, in output order
+  out_rows.reserve(R);
+  {
+    size_t t = 0;
+    for (size_t i = 0; i < count; ++i) {
+      for (size_t j = 0; j < items[i].n; ++j, ++t) {
+        row_seq[t] = items[i].seq;
+        row_pos[t] = lengths_[items[i].seq] + j;
+        if (j + items[i].n_logits >= items[i].n) out_rows.push_back(t);
+      }
+    }
+  }
+  x_.reserve(T * lh);
+  a_.reserve(T * lh);
+  q_.reserve(T * lq);
+  kk_.reserve(T * lkv);
+  vv_.reserve(T * lkv);
+  att_.reserve(T * lq);
+  g_.reserve(T * li);
+  u_.reserve(T * li);
+  cos_.resize(T * half);
+  sin_.resize(T * half);
+  float* x = x_.data();
+  float* a = a_.data();
+
+  // Embeddings and the rotation of each row's position.
+  const WeightView& E = model_->embed();
+  const size_t esize = E.type == simd::WType::F32 ? 4 : 2;
+  const std::vector<float>& inv_freq = model_->inv_freq();
+  {
+    size_t t = 0;
+    for (size_t i = 0; i < count; ++i)
+      for (size_t j = 0; j < items[i].n; ++j, ++t)
+        K.widen(static_cast<const uint8_t*>(E.data) + size_t(items[i].tokens[j]) * H * esize, E.type, H, x + t * lh);
+  }
+  for (size_t t = 0; t < T; ++t)
+    for (size_t i = 0; i < half; ++i) {
+      const double angle = double(inv_freq[i]) * double(row_pos[t]);
+      cos_[t * half + i] = float(std::cos(angle));
+      sin_[t * half + i] = float(std::sin(angle));
+    }
+  auto rope = [&](float* v, size_t t) {  // rotate_half: (v1, v2) -> (v1 c - v2 s, v2 c + v1 s)
+    const float* cs = cos_.data() + t * half;
+    const float* sn = sin_.data() + t * half;
+    for (size_t i = 0; i < half; ++i) {
+      const float v1 = v[i], v2 = v[i + half];
+      v[i] = v1 * cs[i] - v2 * sn[i];
+      v[i + half] = v2 * cs[i] + v1 * sn[i];
+    }
+  };
+  const float eps = float(c.rms_eps);
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const std::vector<float> none;
+
+  for (size_t l = 0; l < c.layers; ++l) {
+    const Model::Layer& L = model_->layers()[l];
+    for_rows(T, H, [&](size_t t) { K.rmsnorm(x + t * lh, L.attn_norm.data(), H, eps, a + t * lh); });
+    {
+      const simd::MatmulArgs mq = mm(a, lh, T, L.wq, L.bq, q_.data(), lq, false);
+      const simd::MatmulArgs mk = mm(a, lh, T, L.wk, L.bk, kk_.data(), lkv, false);
+      const simd::MatmulArgs mv = mm(a, lh, T, L.wv, L.bv, vv_.data(), lkv, false);
+      run_matmuls({mq, mk, mv}, {qd, kvd, kvd});
+    }
+    for (size_t t = 0; t < T; ++t) {
+      for (size_t h = 0; h < c.heads; ++h) rope(q_.data() + t * lq + h * hd, t);
+      for (size_t g = 0; g < c.kv_heads; ++g) {
+        float* kr = kk_.data() + t * lkv + g * hd;
+        rope(kr, t);
+        std::memcpy(k_at(l, row_seq[t], g) + row_pos[t] * hd, kr, hd * 4);
+        std::memcpy(v_at(l, row_seq[t], g) + row_pos[t] * hd, vv_.data() + t * lkv + g * hd, hd * 4);
+      }
+    }
+    // One task per (row, kv head): the query heads of the group share the keys and values.
+    ThreadPool::global().parallel_for(T * c.kv_heads, [&](size_t task) {
+      const size_t t = task / c.kv_heads, g = task % c.kv_heads;
+      const size_t n = row_pos[t] + 1;
+      thread_local std::vector<float> scores;
+      const size_t need = group * pad16(n);
+      if (scores.size() < need) scores.resize(need);
+      K.attend(q_.data() + t * lq + g * group * hd, hd, group, k_at(l, row_seq[t], g), v_at(l, row_seq[t], g), hd, n,
+               hd, scale, scores.data(), att_.data() + t * lq + g * group * hd, hd);
+    });
+    {
+      const simd::MatmulArgs mo = mm(att_.data(), lq, T, L.wo, L.bo, x, lh, true);
+      run_matmuls({mo}, {H});
+    }
+    for_rows(T, H, [&](size_t t) { K.rmsnorm(x + t * lh, L.mlp_norm.data(), H, eps, a + t * lh); });
+    {
+      const simd::MatmulArgs mg = mm(a, lh, T, L.wg, none, g_.data(), li, false);
+      const simd::MatmulArgs mu = mm(a, lh, T, L.wu, none, u_.data(), li, false);
+      run_matmuls({mg, mu}, {I, I});
+    }
+    for_rows(T, I * 4, [&](size_t t) { K.silu_mul(g_.data() + t * li, u_.data() + t * li, I, g_.data() + t * li); });
+    {
+      const simd::MatmulArgs md = mm(g_.data(), li, T, L.wd, none, x, lh, true);
+      run_matmuls({md}, {H});
+    }
+  }
+
+  if (R > 0) {
+    xf_.reserve(R * lh);
+    for_rows(R, H, [&](size_t r) { K.rmsnorm(x + out_rows[r] * lh, model_->final_norm().data(), H, eps, xf_.data() + r * lh); });
+    const simd::MatmulArgs ml = mm(xf_.data(), lh, R, model_->lm_head(), none, logits, c.vocab, false);
+    run_matmuls({ml}, {c.vocab});
+  }
+  for (size_t i = 0; i < count; ++i) lengths_[items[i].seq] += items[i].n;
+}
+
+}  // namespace specula
