@@ -1,7 +1,7 @@
 /**
  * specula: exact speculative decoding for Node.js.
- * The kernels so far: sample, probabilities, verify, kdLoss, acceptanceRate (each with an
- * Async twin), and the runtime settings.
+ * The kernels: sample, probabilities, verify, kdLoss, acceptanceRate (each with an Async
+ * twin); the model runtime: loadModel, Model, KvCache, initModel; the runtime settings.
  */
 export { SpeculaError, type ErrorCode } from './errors.js';
 export {
@@ -14,3 +14,9 @@ export {
   type Divergence, type KdLossOptions, type KdLossResult, type AcceptanceRateOptions,
 } from './kd.js';
 export { setThreads, getThreads, runtimeInfo, version, type RuntimeInfo } from './runtime.js';
+export {
+  loadModel, Model, KvCache, initModel, PRESETS, parseConfig, ARCHITECTURES, Tokenizer, readSafetensors,
+  type LoadModelOptions, type CacheOptions, type ForwardItem, type InitModelOptions, type PresetName,
+  type ModelShape, type WeightDType, type LlamaConfig, type Architecture, type EncodeOptions, type DecodeOptions,
+  type SafetensorsFile, type TensorInfo,
+} from './model/index.js';

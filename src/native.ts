@@ -43,11 +43,41 @@ export interface Binding {
     draftParams: PackedParams, out: Float32Array, async: boolean,
   ): undefined | Promise<void>;
   readPass(arrays: Float32Array[]): number;
+  /** Runs the FMA-peak loop on every pool thread; returns the flops done. */
+  fmaPeak(iters: number): number;
+  loadModel(config: NativeModelConfig, files: string[], tensors: NativeTensor[]): Promise<NativeModel>;
+  NativeCache: new (model: NativeModel, sequences: number, capacity: number) => NativeCache;
   setThreads(n: number): void;
   threads(): number;
   availableCores(): number;
   simd(): 'avx512' | 'avx2' | 'portable';
   setSimd(level: 'avx512' | 'avx2' | 'portable'): boolean;
+}
+
+/** The model config as native/core/model.h's ModelConfig wants it. */
+export interface NativeModelConfig {
+  vocab: number; hidden: number; intermediate: number; layers: number; heads: number; kvHeads: number;
+  headDim: number; context: number; rmsEps: number; ropeTheta: number; ropeLlama3: boolean;
+  ropeFactor?: number; ropeLowFreq?: number; ropeHighFreq?: number; ropeOriginalMax?: number;
+  tieEmbeddings: boolean; qkvBias: boolean; oBias: boolean;
+}
+
+/** [name, file index, absolute byte offset, bytes, safetensors dtype, shape]. */
+export type NativeTensor = [string, number, number, number, string, number[]];
+
+export interface NativeModel {
+  info(): { weightBytesPerToken: number; mappedBytes: number };
+  dispose(): void;
+}
+
+export interface NativeCache {
+  length(seq: number): number;
+  truncate(seq: number, length: number): void;
+  reset(): void;
+  bytes(): number;
+  forward(seqs: Int32Array, counts: Int32Array, nLogits: Int32Array, tokens: Int32Array, out: Float32Array, async: true): Promise<void>;
+  forward(seqs: Int32Array, counts: Int32Array, nLogits: Int32Array, tokens: Int32Array, out: Float32Array, async: false): undefined;
+  dispose(): void;
 }
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

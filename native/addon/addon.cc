@@ -9,12 +9,15 @@
 
 #include <cmath>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
 
 #include "error.h"
 #include "kd.h"
+#include "model.h"
 #include "params.h"
 #include "sampling.h"
 #include "simd.h"
@@ -27,6 +30,7 @@ using specula::Error;
 
 struct AddonData {
   Napi::FunctionReference error_class;
+  Napi::FunctionReference model_ctor, cache_ctor;
 };
 
 Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message) {
@@ -181,6 +185,8 @@ class Job : public Napi::AsyncWorker {
       if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
   Napi::Promise promise() const { return deferred_.Promise(); }
+  // Runs on the JS thread just before the promise settles.
+  void on_settle(std::function<void()> fn) { settle_ = std::move(fn); }
 
  protected:
   void Execute() override {
@@ -198,12 +204,17 @@ class Job : public Napi::AsyncWorker {
     }
   }
   void OnOK() override {
+    if (settle_) settle_();
     deferred_.Resolve(has_result_ ? Napi::Number::New(Env(), result_).As<Napi::Value>() : Env().Undefined());
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(make_error(Env(), code_, e.Message()).Value()); }
+  void OnError(const Napi::Error& e) override {
+    if (settle_) settle_();
+    deferred_.Reject(make_error(Env(), code_, e.Message()).Value());
+  }
 
  private:
   std::function<double()> work_;
+  std::function<void()> settle_;
   bool has_result_;
   double result_ = 0;
   Napi::Promise::Deferred deferred_;
@@ -374,6 +385,312 @@ Napi::Value ReadPass(const Napi::CallbackInfo& info) {
   });
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Models and KV caches. A NativeModel holds a shared_ptr to the core Model, a NativeCache
+// one to its KvCache (which holds the model); async jobs hold them too, so dispose() and
+// garbage collection only drop a reference and never free memory a job is using.
+
+// Reads a number field of a plain object.
+double num_field(const Napi::Object& o, const char* key, double fallback, bool required) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) {
+    if (required) throw Error(Code::Arg, std::string("config.") + key + ": expected a number, received " + describe(v));
+    return fallback;
+  }
+  if (!v.IsNumber()) throw Error(Code::Arg, std::string("config.") + key + ": expected a number, received " + describe(v));
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+size_t size_field(const Napi::Object& o, const char* key) {
+  const double d = num_field(o, key, 0, true);
+  if (!(d >= 0 && d <= 9007199254740991.0 && d == std::floor(d)))
+    throw Error(Code::Arg, std::string("config.") + key + ": expected a non-negative integer, received " + specula::js_number(d));
+  return size_t(d);
+}
+
+specula::ModelConfig config_arg(const Napi::Value& v) {
+  if (!v.IsObject()) throw Error(Code::Arg, "config: expected an object, received " + describe(v));
+  const Napi::Object o = v.As<Napi::Object>();
+  specula::ModelConfig c;
+  c.vocab = size_field(o, "vocab");
+  c.hidden = size_field(o, "hidden");
+  c.intermediate = size_field(o, "intermediate");
+  c.layers = size_field(o, "layers");
+  c.heads = size_field(o, "heads");
+  c.kv_heads = size_field(o, "kvHeads");
+  c.head_dim = size_field(o, "headDim");
+  c.context = size_field(o, "context");
+  c.rms_eps = num_field(o, "rmsEps", 1e-6, true);
+  c.rope_theta = num_field(o, "ropeTheta", 10000, true);
+  c.rope_llama3 = o.Get("ropeLlama3").ToBoolean().Value();
+  c.rope_factor = num_field(o, "ropeFactor", 1, false);
+  c.rope_low_freq = num_field(o, "ropeLowFreq", 1, false);
+  c.rope_high_freq = num_field(o, "ropeHighFreq", 4, false);
+  c.rope_original_max = num_field(o, "ropeOriginalMax", 8192, false);
+  c.tie_embeddings = o.Get("tieEmbeddings").ToBoolean().Value();
+  c.qkv_bias = o.Get("qkvBias").ToBoolean().Value();
+  c.o_bias = o.Get("oBias").ToBoolean().Value();
+  return c;
+}
+
+// tensors: Array of [name, fileIndex, offset, bytes, dtype, shape[]].
+std::vector<specula::TensorSpec> tensors_arg(const Napi::Value& v) {
+  if (!v.IsArray()) throw Error(Code::Arg, "tensors: expected an Array, received " + describe(v));
+  const Napi::Array arr = v.As<Napi::Array>();
+  std::vector<specula::TensorSpec> out(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    const std::string where = "tensors[" + std::to_string(i) + "]";
+    const Napi::Value e = arr.Get(i);
+    if (!e.IsArray() || e.As<Napi::Array>().Length() != 6)
+      throw Error(Code::Arg, where + ": expected [name, file, offset, bytes, dtype, shape], received " + describe(e));
+    const Napi::Array t = e.As<Napi::Array>();
+    if (!t.Get(0u).IsString() || !t.Get(4u).IsString() || !t.Get(5u).IsArray())
+      throw Error(Code::Arg, where + ": expected [name, file, offset, bytes, dtype, shape]");
+    auto integer = [&](uint32_t k, const char* what) {
+      const Napi::Value n = t.Get(k);
+      const double d = n.IsNumber() ? n.As<Napi::Number>().DoubleValue() : NAN;
+      if (!(d >= 0 && d <= 9007199254740991.0 && d == std::floor(d)))
+        throw Error(Code::Arg, where + "." + what + ": expected a non-negative integer, received " + describe(n));
+      return uint64_t(d);
+    };
+    specula::TensorSpec& s = out[i];
+    s.name = t.Get(0u).As<Napi::String>().Utf8Value();
+    s.file = size_t(integer(1, "file"));
+    s.offset = integer(2, "offset");
+    s.bytes = integer(3, "bytes");
+    s.dtype = t.Get(4u).As<Napi::String>().Utf8Value();
+    const Napi::Array shape = t.Get(5u).As<Napi::Array>();
+    for (uint32_t k = 0; k < shape.Length(); ++k) {
+      const Napi::Value n = shape.Get(k);
+      const double d = n.IsNumber() ? n.As<Napi::Number>().DoubleValue() : NAN;
+      if (!(d >= 0 && d <= 9007199254740991.0 && d == std::floor(d)))
+        throw Error(Code::Arg, where + ".shape: expected non-negative integers");
+      s.shape.push_back(uint64_t(d));
+    }
+  }
+  return out;
+}
+
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeModel",
+                       {InstanceMethod("info", &NativeModel::Info), InstanceMethod("dispose", &NativeModel::Dispose)});
+  }
+  explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
+
+  std::shared_ptr<const specula::Model> model;
+
+  // The model, or E_STATE once disposed.
+  std::shared_ptr<const specula::Model> get(const char* what) const {
+    if (!model) throw Error(Code::State, std::string(what) + ": the model has been disposed");
+    return model;
+  }
+
+ private:
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      auto m = get("info");
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("weightBytesPerToken", Napi::Number::New(info.Env(), double(m->weight_bytes_per_token())));
+      o.Set("mappedBytes", Napi::Number::New(info.Env(), double(m->mapped_bytes())));
+      return o;
+    });
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    model.reset();
+    return info.Env().Undefined();
+  }
+};
+
+// Settles a Promise with a NativeModel built off the JS thread.
+class LoadJob : public Napi::AsyncWorker {
+ public:
+  LoadJob(Napi::Env env, specula::ModelConfig config, std::vector<std::string> files,
+          std::vector<specula::TensorSpec> tensors, Napi::FunctionReference* ctor)
+      : Napi::AsyncWorker(env, "specula.loadModel"),
+        config_(std::move(config)),
+        files_(std::move(files)),
+        tensors_(std::move(tensors)),
+        ctor_(ctor),
+        deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      model_ = std::make_shared<const specula::Model>(config_, files_, tensors_);
+    } catch (const Error& e) {
+      code_ = specula::code_name(e.code());
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      SetError("out of memory");
+    } catch (const std::exception& e) {
+      SetError(std::string("internal error: ") + e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Object obj = ctor_->New({});
+    NativeModel::Unwrap(obj)->model = std::move(model_);
+    deferred_.Resolve(obj);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(make_error(Env(), code_, e.Message()).Value()); }
+
+ private:
+  specula::ModelConfig config_;
+  std::vector<std::string> files_;
+  std::vector<specula::TensorSpec> tensors_;
+  Napi::FunctionReference* ctor_;
+  std::shared_ptr<const specula::Model> model_;
+  Napi::Promise::Deferred deferred_;
+  std::string code_ = "E_STATE";
+};
+
+struct CacheState {
+  std::unique_ptr<specula::KvCache> cache;
+  bool busy = false;  // an async forward is running (touched on the JS thread only)
+};
+
+class NativeCache : public Napi::ObjectWrap<NativeCache> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeCache",
+                       {InstanceMethod("length", &NativeCache::Length), InstanceMethod("truncate", &NativeCache::Truncate),
+                        InstanceMethod("reset", &NativeCache::Reset), InstanceMethod("forward", &NativeCache::Forward),
+                        InstanceMethod("bytes", &NativeCache::Bytes), InstanceMethod("dispose", &NativeCache::Dispose)});
+  }
+  // new NativeCache(model, sequences, capacity)
+  explicit NativeCache(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeCache>(info) {
+    try {
+      if (!info[0].IsObject()) throw Error(Code::Arg, "model: expected a NativeModel, received " + describe(info[0]));
+      auto m = NativeModel::Unwrap(info[0].As<Napi::Object>())->get("createCache");
+      const size_t seqs = dim(info, 1, "sequences"), cap = dim(info, 2, "capacity");
+      state_ = std::make_shared<CacheState>();
+      state_->cache = std::make_unique<specula::KvCache>(m, seqs, cap);
+    } catch (const Error& e) {
+      make_error(info.Env(), specula::code_name(e.code()), e.what()).ThrowAsJavaScriptException();
+    } catch (const std::bad_alloc&) {
+      make_error(info.Env(), "E_STATE", "out of memory").ThrowAsJavaScriptException();
+    }
+  }
+
+ private:
+  specula::KvCache& ready(const char* what) {
+    if (!state_ || !state_->cache) throw Error(Code::State, std::string(what) + ": the cache has been disposed");
+    if (state_->busy)
+      throw Error(Code::State, std::string(what) + ": a forward call on this cache is still running; await it first");
+    return *state_->cache;
+  }
+  Napi::Value Length(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      auto& c = ready("length");
+      return Napi::Number::New(info.Env(), double(c.length(dim(info, 0, "seq"))));
+    });
+  }
+  Napi::Value Truncate(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      ready("truncate").truncate(dim(info, 0, "seq"), dim(info, 1, "length"));
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value Reset(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      ready("reset").reset();
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value Bytes(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), double(ready("bytes").bytes())); });
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    // A running job holds its own reference: the memory goes when it settles.
+    state_.reset();
+    return info.Env().Undefined();
+  }
+  // forward(seqs Int32Array(B), counts Int32Array(B), nLogits Int32Array(B), tokens Int32Array(sum counts),
+  //         out Float32Array(sum nLogits * vocab), async)
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::KvCache& c = ready("forward");
+      const View<int32_t> seqs = typed<int32_t>(info, 0, "seqs", napi_int32_array, SIZE_MAX);
+      const size_t B = seqs.length;
+      const View<int32_t> counts = typed<int32_t>(info, 1, "counts", napi_int32_array, B);
+      const View<int32_t> nlog = typed<int32_t>(info, 2, "nLogits", napi_int32_array, B);
+      auto items = std::make_shared<std::vector<specula::ForwardItem>>(B);
+      size_t total = 0, rows = 0;
+      for (size_t i = 0; i < B; ++i) {
+        if (seqs.data[i] < 0 || counts.data[i] < 0 || nlog.data[i] < 0)
+          throw Error(Code::Value, "items[" + std::to_string(i) + "]: negative seq, token count or logits count");
+        total += size_t(counts.data[i]);
+        rows += size_t(nlog.data[i]);
+      }
+      const View<int32_t> tokens = typed<int32_t>(info, 3, "tokens", napi_int32_array, total);
+      const View<float> out = typed<float>(info, 4, "out", napi_float32_array,
+                                           checked_product({rows, c.model().config().vocab}, "out"));
+      size_t off = 0;
+      for (size_t i = 0; i < B; ++i) {
+        (*items)[i] = specula::ForwardItem{size_t(seqs.data[i]), tokens.data + off, size_t(counts.data[i]),
+                                           size_t(nlog.data[i])};
+        off += size_t(counts.data[i]);
+      }
+      auto state = state_;
+      float* o = out.data;
+      if (!info[5].ToBoolean().Value()) {
+        c.forward(items->data(), items->size(), o);
+        return info.Env().Undefined();
+      }
+      state->busy = true;
+      std::vector<Napi::Value> keep = {info[3], info[4]};
+      Job* job = new Job(info.Env(), [state, items, o] {
+        state->cache->forward(items->data(), items->size(), o);
+        return 0.0;
+      }, false, keep);
+      job->on_settle([state] { state->busy = false; });
+      Napi::Promise p = job->promise();
+      job->Queue();
+      return p;
+    });
+  }
+
+  std::shared_ptr<CacheState> state_;
+};
+
+// loadModel(config, files: string[], tensors) -> Promise<NativeModel>
+Napi::Value LoadModel(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    specula::ModelConfig c = config_arg(info[0]);
+    if (!info[1].IsArray()) throw Error(Code::Arg, "files: expected an Array of strings, received " + describe(info[1]));
+    std::vector<std::string> files;
+    const Napi::Array fa = info[1].As<Napi::Array>();
+    for (uint32_t i = 0; i < fa.Length(); ++i) {
+      if (!fa.Get(i).IsString()) throw Error(Code::Arg, "files[" + std::to_string(i) + "]: expected a string");
+      files.push_back(fa.Get(i).As<Napi::String>().Utf8Value());
+    }
+    std::vector<specula::TensorSpec> tensors = tensors_arg(info[2]);
+    auto* data = info.Env().GetInstanceData<AddonData>();
+    LoadJob* job = new LoadJob(info.Env(), std::move(c), std::move(files), std::move(tensors), &data->model_ctor);
+    Napi::Promise p = job->promise();
+    job->Queue();
+    return p;
+  });
+}
+
+// fmaPeak(iters) -> flops done (per call on the calling thread; the benchmarks time it).
+Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const size_t iters = dim(info, 0, "iters");
+    const int threads = specula::ThreadPool::global().threads();
+    std::vector<double> flops(static_cast<size_t>(threads)), sink(static_cast<size_t>(threads));
+    specula::ThreadPool::global().parallel_for(size_t(threads), [&](size_t i) {
+      flops[i] = specula::simd::kernels().fma_peak(iters, &sink[i]);
+    });
+    double f = 0;
+    for (double v : flops) f += v;
+    return Napi::Number::New(info.Env(), f);
+  });
+}
+
 Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) {
     Napi::TypeError::New(info.Env(), "setErrorClass: expected a class").ThrowAsJavaScriptException();
@@ -426,6 +743,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("availableCores", Napi::Function::New(env, AvailableCores, "availableCores"));
   exports.Set("simd", Napi::Function::New(env, Simd, "simd"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
+  auto* data = env.GetInstanceData<AddonData>();
+  Napi::Function model_class = NativeModel::Define(env);
+  data->model_ctor = Napi::Persistent(model_class);
+  Napi::Function cache_class = NativeCache::Define(env);
+  data->cache_ctor = Napi::Persistent(cache_class);
+  exports.Set("NativeModel", model_class);
+  exports.Set("NativeCache", cache_class);
+  exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
+  exports.Set("fmaPeak", Napi::Function::New(env, FmaPeak, "fmaPeak"));
   return exports;
 }
 

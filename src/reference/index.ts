@@ -5,3 +5,4 @@ export {
   type ReferenceDistribution, type ReferenceSampleOptions, type ReferenceVerifyOptions, type ReferenceVerifyResult,
 } from './sampling.js';
 export { referenceKdLoss, referenceAcceptanceRate, type ReferenceKdOptions, type ReferenceKdResult, type Divergence } from './kd.js';
+export * from './model.js';
