@@ -79,7 +79,8 @@ export class Tokenizer {
       if (!Number.isInteger(id) || id < 0) throw new SpeculaError('E_VALUE', `ids[${i}]: expected a non-negative integer, received ${id}`);
       if (this.#hf.id_to_token(id) !== undefined) list.push(id);
     }
-    return this.#hf.decode(list, { skip_special_tokens: opts.skipSpecialTokens ?? false });
+    // (@huggingface/tokenizers throws on an empty list)
+    return list.length === 0 ? '' : this.#hf.decode(list, { skip_special_tokens: opts.skipSpecialTokens ?? false });
   }
 
   tokenToId(token: string): number | undefined {
