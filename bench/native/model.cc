@@ -103,13 +103,14 @@ std::vector<specula::TensorSpec> write_model(const specula::ModelConfig& c, WTyp
 int main(int argc, char** argv) {
   std::string dtype = "f32";
   int threads = 2;
-  bool quick = false, prefill_only = false;  // --prefill-only: for profilers
+  bool quick = false, prefill_only = false, verify_only = false;  // --*-only: for profilers
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--dtype" && i + 1 < argc) dtype = argv[++i];
     else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (a == "--quick") quick = true;
     else if (a == "--prefill-only") prefill_only = true;
+    else if (a == "--verify-only") verify_only = true;
   }
   const WType wt = dtype == "bf16" ? WType::BF16 : dtype == "f16" ? WType::F16 : WType::F32;
   specula::ThreadPool::global().set_threads(threads);
@@ -194,7 +195,7 @@ int main(int argc, char** argv) {
     cache.forward(&it, 1, logits.data());
   }
   std::vector<double> dec;
-  const int steps = quick ? 10 : 40;
+  const int steps = verify_only ? 1 : quick ? 10 : 40;
   for (int r = 0; r < steps; ++r) {
     const int32_t tok = int32_t(r * 31 % V);
     specula::ForwardItem it{0, &tok, 1, 1};
@@ -208,7 +209,7 @@ int main(int argc, char** argv) {
   std::vector<double> ver;
   std::vector<int32_t> vt(40);
   for (size_t i = 0; i < 40; ++i) vt[i] = int32_t((i * 104729) % V);
-  for (int r = 0; r < (quick ? 5 : 15); ++r) {
+  for (int r = 0; r < (quick ? 5 : verify_only ? 100 : 15); ++r) {
     specula::ForwardItem items[8];
     for (size_t s = 0; s < 8; ++s) items[s] = {s, vt.data() + 5 * s, 5, 5};
     const auto t0 = bench::Clock::now();

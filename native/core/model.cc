@@ -26,13 +26,18 @@ class MappedFile {
  public:
   explicit MappedFile(const std::string& path) : path_(path) {
 #if SPECULA_HAVE_MMAP
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO put in place of a weights file must not hang the load.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw Error(Code::IO, path + ": cannot open (" + std::strerror(errno) + ")");
     struct stat st;
     if (::fstat(fd, &st) != 0) {
       const int e = errno;
       ::close(fd);
       throw Error(Code::IO, path + ": cannot stat (" + std::strerror(e) + ")");
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw Error(Code::IO, path + ": not a regular file");
     }
     size_ = size_t(st.st_size);
     if (size_ > 0) {
@@ -455,7 +460,8 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
       for (size_t g = 0; g < c.kv_heads; ++g) {
         float* kr = kk_.data() + t * lkv + g * hd;
         rope(kr, t);
-        std::memcpy(k_at(l, row_seq[t], g) + row_pos[t] * hd, kr, hd * 4);
+        float* kt = k_at(l, row_seq[t], g) + row_pos[t];  // keys transposed: [head_dim][capacity]
+        for (size_t d = 0; d < hd; ++d) kt[d * capacity_] = kr[d];
         std::memcpy(v_at(l, row_seq[t], g) + row_pos[t] * hd, vv_.data() + t * lkv + g * hd, hd * 4);
       }
     }
@@ -466,8 +472,8 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
       thread_local std::vector<float> scores;
       const size_t need = group * pad16(n);
       if (scores.size() < need) scores.resize(need);
-      K.attend(q_.data() + t * lq + g * group * hd, hd, group, k_at(l, row_seq[t], g), v_at(l, row_seq[t], g), hd, n,
-               hd, scale, scores.data(), att_.data() + t * lq + g * group * hd, hd);
+      K.attend(q_.data() + t * lq + g * group * hd, hd, group, k_at(l, row_seq[t], g), capacity_, v_at(l, row_seq[t], g),
+               hd, n, hd, scale, scores.data(), att_.data() + t * lq + g * group * hd, hd);
     });
     {
       const simd::MatmulArgs mo = mm(att_.data(), lq, T, L.wo, L.bo, x, lh, true);

@@ -127,8 +127,9 @@ struct ForwardItem {
 };
 
 // KV cache for up to `sequences` sequences of up to `capacity` positions each
-// (capacity <= config.context), f32, laid out [layer][seq][kv_head][position][head_dim]
-// for keys and for values. Not thread-safe: one forward at a time per cache (the
+// (capacity <= config.context), f32: keys laid out [layer][seq][kv_head][head_dim][position]
+// (transposed, so that attention scores 16 positions per vector), values
+// [layer][seq][kv_head][position][head_dim]. Not thread-safe: one forward at a time per cache (the
 // TypeScript layer enforces it); the model may be shared by many caches.
 class KvCache {
  public:

@@ -122,13 +122,15 @@ struct Kernels {
   // rows to reuse them (the same values, so the same bits).
   void (*matmul)(const MatmulArgs& a, size_t n0, size_t n1, float* scratch);
   // Causal attention of `heads` query heads that share one key/value head, over n cached
-  // positions: for each head h, s[j] = dot(q_h, k_j) (tree), p = softmax(s * scale),
-  // out_h = (sum_j e_j v_j) / sum_j e_j with even and odd j in two sums added at the end.
-  // q (heads, hd) with row stride q_stride; k, v (n, hd) with row stride ld; scores:
-  // scratch of heads * (n rounded up to 16); out (heads, hd) with row stride out_stride.
-  // Each head's result is the same whatever `heads` (the grouping is only for speed).
-  void (*attend)(const float* q, size_t q_stride, size_t heads, const float* k, const float* v, size_t ld, size_t n,
-                 size_t hd, float scale, float* scores, float* out, size_t out_stride);
+  // positions: for each head h, s[j] = sum_d q_h[d] kt[d][j] (fused multiply-adds in
+  // increasing d), p = softmax(s * scale), out_h = (sum_j e_j v_j) / sum_j e_j with even
+  // and odd j in two sums added at the end.
+  // q (heads, hd) with row stride q_stride; kt (hd, n): keys transposed, row stride ldk;
+  // v (n, hd) with row stride ldv; scores: scratch of heads * (n rounded up to 16);
+  // out (heads, hd) with row stride out_stride. Each head's result is the same whatever
+  // `heads` (the grouping is only for speed).
+  void (*attend)(const float* q, size_t q_stride, size_t heads, const float* kt, size_t ldk, const float* v, size_t ldv,
+                 size_t n, size_t hd, float scale, float* scores, float* out, size_t out_stride);
   // RMSNorm: out = (x / sqrt(mean(x^2) + eps)) * w, n >= 1; the sum of squares as a dot.
   void (*rmsnorm)(const float* x, const float* w, size_t n, float eps, float* out);
   // SwiGLU: out[j] = g[j] / (1 + exp(-g[j])) * u[j].

@@ -178,9 +178,14 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
 TEST_CASE(attention_matches_double) {
   std::mt19937_64 rng(3);
   for (const size_t hd : {8, 16, 24, 64}) {
-    for (const size_t n : {1, 5, 16, 17, 100}) {
+    for (const size_t n : {1, 5, 16, 17, 64, 100, 130}) {
       const size_t ld = hd + 8;
       const std::vector<float> q = randn(rng, hd, 1.0), k = randn(rng, n * ld, 1.0), v = randn(rng, n * ld, 1.0);
+      // The kernel takes keys transposed: kt[i][j] = k[j][i], row stride n + 3.
+      const size_t ldk = n + 3;
+      std::vector<float> kt(hd * ldk, 0.0f);
+      for (size_t j = 0; j < n; ++j)
+        for (size_t i = 0; i < hd; ++i) kt[i * ldk + j] = k[j * ld + i];
       const float scale = float(1 / std::sqrt(double(hd)));
       std::vector<double> s(n), want(hd, 0.0);
       double m = -1e300, z = 0;
@@ -194,10 +199,10 @@ TEST_CASE(attention_matches_double) {
       for (size_t j = 0; j < n; ++j)
         for (size_t i = 0; i < hd; ++i) want[i] += std::exp(s[j] - m) / z * v[j * ld + i];
       for (const char* level : kLevels) {
-        const specula::simd::Kernels* kt = specula::simd::kernels_for(level);
-        if (kt == nullptr) continue;
+        const specula::simd::Kernels* kn = specula::simd::kernels_for(level);
+        if (kn == nullptr) continue;
         std::vector<float> scores((n + 15) / 16 * 16), out(hd + 1, 7.0f);
-        kt->attend(q.data(), hd, 1, k.data(), v.data(), ld, n, hd, scale, scores.data(), out.data(), hd);
+        kn->attend(q.data(), hd, 1, kt.data(), ldk, v.data(), ld, n, hd, scale, scores.data(), out.data(), hd);
         for (size_t i = 0; i < hd; ++i) CHECK_NEAR(out[i], want[i], 0, 2e-6);
         CHECK_EQ(out[hd], 7.0f);  // nothing written past hd
         // Grouped heads (GQA): 11 heads at once give each head's bits alone.
@@ -205,9 +210,9 @@ TEST_CASE(attention_matches_double) {
         std::vector<float> qg = randn(rng, heads * qs, 1.0);
         std::copy(q.begin(), q.end(), qg.begin() + 4 * qs);
         std::vector<float> sg(heads * ((n + 15) / 16 * 16)), og(heads * os, 0.0f), o1(hd);
-        kt->attend(qg.data(), qs, heads, k.data(), v.data(), ld, n, hd, scale, sg.data(), og.data(), os);
+        kn->attend(qg.data(), qs, heads, kt.data(), ldk, v.data(), ld, n, hd, scale, sg.data(), og.data(), os);
         for (size_t h = 0; h < heads; ++h) {
-          kt->attend(qg.data() + h * qs, qs, 1, k.data(), v.data(), ld, n, hd, scale, scores.data(), o1.data(), hd);
+          kn->attend(qg.data() + h * qs, qs, 1, kt.data(), ldk, v.data(), ld, n, hd, scale, scores.data(), o1.data(), hd);
           CHECK(std::memcmp(o1.data(), og.data() + h * os, hd * 4) == 0);
         }
         CHECK(std::memcmp(og.data() + 4 * os, out.data(), hd * 4) == 0);
