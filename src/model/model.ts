@@ -68,12 +68,13 @@ export function readWeights(dir: string): { files: SafetensorsFile[]; tensors: N
     weightMap = map as Record<string, string>;
     const set = new Set<string>();
     for (const [tensor, f] of Object.entries(weightMap)) {
-      if (typeof f !== 'string' || f.includes('/') || f.includes('\\') || f === '..' || f === '.') {
+      if (typeof f !== 'string' || f === '' || f.includes('/') || f.includes('\\') || f === '..' || f === '.') {
         throw new SpeculaError('E_FORMAT', `${indexFile}: weight_map[${JSON.stringify(tensor)}]: expected a file name in the directory, found ${describe(f)}`);
       }
       set.add(f);
     }
     names = [...set].sort();
+    if (names.length === 0) throw new SpeculaError('E_FORMAT', `${indexFile}: weight_map names no tensor`);
     for (const f of names) {
       if (!existsSync(path.join(dir, f))) {
         throw new SpeculaError('E_IO', `${indexFile}: names ${f}, which is missing from ${dir}`);

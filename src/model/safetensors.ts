@@ -7,7 +7,7 @@
  *   { "name": { "dtype": "F32", "shape": [..], "data_offsets": [begin, end] }, "__metadata__": {..} }
  * then the data; offsets are relative to the end of the header.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { SpeculaError } from '../errors.js';
 
 export type DType = 'F32' | 'F16' | 'BF16';
@@ -102,6 +102,14 @@ export function parseSafetensorsHeader(file: string, head: Uint8Array, size: num
 
 /** Reads and validates the header of a .safetensors file (the data is not read). */
 export function readSafetensors(file: string): SafetensorsFile {
+  // stat before open: opening a FIFO would block, a directory would fail later.
+  let st;
+  try {
+    st = statSync(file);
+  } catch (err) {
+    fail('E_IO', file, `cannot open (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  if (!st.isFile()) fail('E_IO', file, 'not a regular file');
   let fd: number;
   try {
     fd = openSync(file, 'r');
@@ -109,7 +117,9 @@ export function readSafetensors(file: string): SafetensorsFile {
     fail('E_IO', file, `cannot open (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
   try {
-    const size = fstatSync(fd).size;
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) fail('E_IO', file, 'not a regular file');
+    const size = stat.size;
     const first = Buffer.alloc(Math.min(8, size));
     readSync(fd, first, 0, first.length, 0);
     if (size < 8) return parseSafetensorsHeader(file, first, size);
