@@ -103,7 +103,7 @@ std::vector<specula::TensorSpec> write_model(const specula::ModelConfig& c, WTyp
 int main(int argc, char** argv) {
   std::string dtype = "f32";
   int threads = 2;
-  bool quick = false, prefill_only = false, verify_only = false;  // --*-only: for profilers
+  bool quick = false, prefill_only = false, verify_only = false, decode_only = false;  // --*-only: for profilers
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--dtype" && i + 1 < argc) dtype = argv[++i];
@@ -111,6 +111,7 @@ int main(int argc, char** argv) {
     else if (a == "--quick") quick = true;
     else if (a == "--prefill-only") prefill_only = true;
     else if (a == "--verify-only") verify_only = true;
+    else if (a == "--decode-only") decode_only = true;
   }
   const WType wt = dtype == "bf16" ? WType::BF16 : dtype == "f16" ? WType::F16 : WType::F32;
   specula::ThreadPool::global().set_threads(threads);
@@ -170,7 +171,7 @@ int main(int argc, char** argv) {
   double prefill_s = 1e9;
   {
     specula::KvCache cache(model, 1, ctx + 16);
-    for (int r = 0; r < (quick ? 1 : prefill_only ? 10 : 3); ++r) {
+    for (int r = 0; r < (quick || decode_only ? 1 : prefill_only ? 10 : 3); ++r) {
       cache.reset();
       specula::ForwardItem it{0, prompt.data(), ctx, 1};
       const auto t0 = bench::Clock::now();
@@ -190,12 +191,12 @@ int main(int argc, char** argv) {
   }
   // Decode at context 512: one token, then roll back.
   specula::KvCache cache(model, 8, ctx + 16);
-  for (size_t s = 0; s < 8; ++s) {
+  for (size_t s = 0; s < (decode_only ? 1 : 8); ++s) {
     specula::ForwardItem it{s, prompt.data(), ctx, 0};
     cache.forward(&it, 1, logits.data());
   }
   std::vector<double> dec;
-  const int steps = verify_only ? 1 : quick ? 10 : 40;
+  const int steps = verify_only ? 1 : decode_only ? 300 : quick ? 10 : 40;
   for (int r = 0; r < steps; ++r) {
     const int32_t tok = int32_t(r * 31 % V);
     specula::ForwardItem it{0, &tok, 1, 1};
@@ -205,6 +206,11 @@ int main(int argc, char** argv) {
     cache.truncate(0, ctx);
   }
   const double decode_s = bench::median(dec);
+  if (decode_only) {
+    std::printf("decode   %8.2f ms/token  bandwidth bound %.2f ms: %.2f of it\n", decode_s * 1e3,
+                wbytes / read_bw * 1e3, wbytes / read_bw / decode_s);
+    return 0;
+  }
   // Verification: 8 sequences x 5 tokens, all logits.
   std::vector<double> ver;
   std::vector<int32_t> vt(40);
