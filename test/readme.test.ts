@@ -24,6 +24,14 @@ describe('README', () => {
     expect(out).toContain('Float32Array');
   });
 
+  it('runs the model example', () => {
+    const code = readme.split('## Models')[1]!.split('```js\n')[1]!.split('```')[0]!;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
+    expect(out).toContain('LlamaForCausalLM 320 1920');
+    expect(out).toContain('2 3 8 4');
+    expect(out).toContain('"Hello"');
+  });
+
   it('runs the API example', () => {
     const code = readme.split('## API')[1]!.split('```js\n')[1]!.split('```')[0]!;
     const out = execFileSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
