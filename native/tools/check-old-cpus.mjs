@@ -1,14 +1,32 @@
 #!/usr/bin/env node
-// Runs the native tests and a small verify() through the addon under qemu-user
-// emulating older x86-64 CPUs (Nehalem: no AVX; Haswell: AVX2, no AVX-512), to show
-// that the run-time dispatch never executes an instruction the CPU lacks, and that
-// every level gives the same tokens. Needs qemu-x86_64 (Debian: qemu-user) and a
-// prior `npm run test:native` and `npm ci`.
+// Runs the native tests, a small verify() and a tiny model's logits through the addon
+// under qemu-user emulating older x86-64 CPUs (Nehalem: no AVX; Haswell: AVX2, F16C, no
+// AVX-512), to show that the run-time dispatch never executes an instruction the CPU
+// lacks, that every level gives the same tokens, and that AVX2 gives the same logits as
+// AVX-512 bit for bit (the portable level, without fused multiply-adds, within 1e-5).
+// Needs qemu-x86_64 (Debian: qemu-user) and a prior `npm run test:native` and `npm ci`.
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const modelDir = mkdtempSync(path.join(os.tmpdir(), 'specula-oldcpu-'));
+process.on('exit', () => rmSync(modelDir, { recursive: true, force: true }));
+{
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e',
+    `import { initModel } from './dist/index.js'; await initModel(${JSON.stringify(modelDir)}, { config: 'qwen2-tiny', seed: 3, dtype: 'f16', initStd: 0.15 });`],
+  { cwd: root, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`initModel failed:\n${r.stderr}`);
+}
+const modelSmoke = `
+import { loadModel, runtimeInfo } from './dist/index.js';
+const m = await loadModel(${JSON.stringify(modelDir)});
+const l = await m.logits([256, 72, 101, 108, 108, 111, 33]);
+let h = 2166136261;
+for (const b of new Uint8Array(l.buffer)) h = Math.imul(h ^ b, 16777619) >>> 0;
+console.log(runtimeInfo().simd, h.toString(16), Array.from(l.subarray(0, 8), (v) => v.toFixed(6)).join(','));`;
 const smoke = `
 import { sample, verify, runtimeInfo } from './dist/index.js';
 const V = 1000, B = 4, G = 3;
@@ -29,9 +47,11 @@ function run(cmd, args) {
 const reference = run(process.execPath, ['--input-type=module', '-e', smoke]);
 if (!reference.ok) throw new Error(`smoke run failed natively:\n${reference.out}`);
 const want = reference.out.split(' ')[1];
+const modelReference = run(process.execPath, ['--input-type=module', '-e', modelSmoke]);
+if (!modelReference.ok) throw new Error(`model smoke run failed natively:\n${modelReference.all}`);
 let failed = false;
 for (const [cpu, level] of [['Nehalem', 'portable'], ['Haswell', 'avx2']]) {
-  for (const t of ['test_philox', 'test_simd', 'test_sampling', 'test_kd']) {
+  for (const t of ['test_philox', 'test_simd', 'test_sampling', 'test_kd', 'test_model', 'test_thread_pool']) {
     const r = run('qemu-x86_64', ['-cpu', cpu, path.join(root, 'build-native', t)]);
     console.log(`${cpu}: ${t} ${r.ok ? 'passed' : `FAILED\n${r.all}`}`);
     failed ||= !r.ok;
@@ -42,5 +62,13 @@ for (const [cpu, level] of [['Nehalem', 'portable'], ['Haswell', 'avx2']]) {
   console.log(`${cpu}: addon chose ${got}, tokens ${tokens === want ? 'equal to' : 'DIFFERENT from'} the ${reference.out.split(' ')[0]} run`);
   if (!ok) console.log(r.all);
   failed ||= !ok;
+  const m = run('qemu-x86_64', ['-cpu', cpu, process.execPath, '--input-type=module', '-e', modelSmoke]);
+  const [mlevel, hash, head] = m.out.split(' ');
+  const [, wantHash, wantHead] = modelReference.out.split(' ');
+  const close = (head ?? '').split(',').every((v, i) => Math.abs(Number(v) - Number(wantHead.split(',')[i])) <= 1e-5);
+  const mok = m.ok && mlevel === level && (level === 'avx2' ? hash === wantHash : close);
+  console.log(`${cpu}: model logits ${hash === wantHash ? 'bitwise equal to' : close ? 'within 1e-5 of' : 'DIFFERENT from'} the ${modelReference.out.split(' ')[0]} run`);
+  if (!mok) console.log(m.all);
+  failed ||= !mok;
 }
 process.exit(failed ? 1 : 0);
