@@ -22,13 +22,16 @@ describe('package', () => {
     const out = JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, encoding: 'utf8' }));
     expect(out.root).toEqual(expect.arrayContaining([
       'SpeculaError', 'getThreads', 'probabilities', 'probabilitiesAsync', 'runtimeInfo', 'sample', 'sampleAsync',
-      'setThreads', 'verify', 'verifyAsync', 'version',
+      'setThreads', 'verify', 'verifyAsync', 'version', 'loadModel', 'initModel', 'Model', 'KvCache', 'Tokenizer',
+      'PRESETS',
     ]));
-    expect(out.reference).toEqual(expect.arrayContaining(['referenceProbabilities', 'referenceSample', 'referenceVerify', 'uniform']));
+    expect(out.reference).toEqual(expect.arrayContaining([
+      'referenceProbabilities', 'referenceSample', 'referenceVerify', 'uniform', 'loadReferenceModel', 'referenceLogits',
+    ]));
     expect(out.token).toBe(2);
     expect(out.info.version).toBe(JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')).version);
     expect(['avx512', 'avx2', 'portable']).toContain(out.info.simd);
-    for (const f of ['index.d.ts', 'sampling.d.ts', 'reference/index.d.ts']) {
+    for (const f of ['index.d.ts', 'sampling.d.ts', 'reference/index.d.ts', 'model/model.d.ts']) {
       expect(readFileSync(path.join(root, 'dist', f), 'utf8').length).toBeGreaterThan(0);
     }
   });
