@@ -394,9 +394,14 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
   std::vector<size_t> row_seq(T), row_pos(T);
   std::vector<size_t> out_rows;  // rows whose logits are returned, in output order
   out_rows.reserve(R);
+  struct AttnTask {
+    size_t row, rows;
+  };
+  std::vector<AttnTask> attn_tasks;
   {
     size_t t = 0;
     for (size_t i = 0; i < count; ++i) {
+      for (size_t j = 0; j < items[i].n; j += 8) attn_tasks.push_back({t + j, items[i].n - j < 8 ? items[i].n - j : 8});
       for (size_t j = 0; j < items[i].n; ++j, ++t) {
         row_seq[t] = items[i].seq;
         row_pos[t] = lengths_[items[i].seq] + j;
@@ -465,15 +470,19 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
         std::memcpy(v_at(l, row_seq[t], g) + row_pos[t] * hd, vv_.data() + t * lkv + g * hd, hd * 4);
       }
     }
-    // One task per (row, kv head): the query heads of the group share the keys and values.
-    ThreadPool::global().parallel_for(T * c.kv_heads, [&](size_t task) {
-      const size_t t = task / c.kv_heads, g = task % c.kv_heads;
-      const size_t n = row_pos[t] + 1;
-      thread_local std::vector<float> scores;
-      const size_t need = group * pad16(n);
-      if (scores.size() < need) scores.resize(need);
-      K.attend(q_.data() + t * lq + g * group * hd, hd, group, k_at(l, row_seq[t], g), capacity_, v_at(l, row_seq[t], g),
-               hd, n, hd, scale, scores.data(), att_.data() + t * lq + g * group * hd, hd);
+    // One task per (kv head, up to 8 consecutive rows of one sequence): the query heads of
+    // a group share the keys and values, and the rows of a task find them in cache.
+    ThreadPool::global().parallel_for(attn_tasks.size() * c.kv_heads, [&](size_t task) {
+      const AttnTask& at = attn_tasks[task / c.kv_heads];
+      const size_t g = task % c.kv_heads;
+      for (size_t t = at.row; t < at.row + at.rows; ++t) {
+        const size_t n = row_pos[t] + 1;
+        thread_local std::vector<float> scores;
+        const size_t need = group * pad16(n);
+        if (scores.size() < need) scores.resize(need);
+        K.attend(q_.data() + t * lq + g * group * hd, hd, group, k_at(l, row_seq[t], g), capacity_,
+                 v_at(l, row_seq[t], g), hd, n, hd, scale, scores.data(), att_.data() + t * lq + g * group * hd, hd);
+      }
     });
     {
       const simd::MatmulArgs mo = mm(att_.data(), lq, T, L.wo, L.bo, x, lh, true);
