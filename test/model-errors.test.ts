@@ -204,6 +204,27 @@ describe('loadModel: config.json', () => {
     const d = withConfig((c) => (c.rope_scaling = { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 512 }));
     await expectError(() => loadModel(d), 'E_UNSUPPORTED', path.join(d, 'config.json'), 'rope_scaling', 'yarn');
   });
+
+  it('a sliding window shorter than the context', async () => {
+    // Mistral windows attention when sliding_window is set; the runtime attends over the
+    // whole context, so it refuses unless the context fits in the window.
+    const d = withConfig((c) => {
+      c.architectures = ['MistralForCausalLM'];
+      c.sliding_window = 64;
+    });
+    await expectError(() => loadModel(d), 'E_UNSUPPORTED', path.join(d, 'config.json'), 'sliding_window', '64');
+    const m = await loadModel(d, { contextLength: 64 });
+    expect(m.contextLength).toBe(64);
+    m.dispose();
+    // Qwen2 windows only with use_sliding_window: this one passes the config checks and
+    // stops at the tensors (the base weights have no q/k/v biases).
+    const q = withConfig((c) => {
+      c.architectures = ['Qwen2ForCausalLM'];
+      c.sliding_window = 64;
+      c.use_sliding_window = false;
+    });
+    await expectError(() => loadModel(q), 'E_FORMAT', 'q_proj.bias');
+  });
 });
 
 describe('loadModel: model.safetensors', () => {
