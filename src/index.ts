@@ -1,7 +1,8 @@
 /**
  * specula: exact speculative decoding for Node.js.
  * The kernels: sample, probabilities, verify, kdLoss, acceptanceRate (each with an Async
- * twin); the model runtime: loadModel, Model, KvCache, initModel; the runtime settings.
+ * twin); the model runtime: loadModel, Model, KvCache, initModel; the speculative decoder;
+ * the runtime settings.
  */
 export { SpeculaError, type ErrorCode } from './errors.js';
 export {
@@ -20,3 +21,8 @@ export {
   type ModelShape, type WeightDType, type LlamaConfig, type Architecture, type EncodeOptions, type DecodeOptions,
   type SafetensorsFile, type TensorInfo,
 } from './model/index.js';
+export {
+  SpeculativeDecoder, sequenceSeed,
+  type DecoderLoadOptions, type GenerateOptions, type GenerateInput, type GenerateResult, type GenerationStats,
+  type StepInfo, type StreamChunk, type FinishReason, type DraftSamplingOptions,
+} from './engine/decoder.js';

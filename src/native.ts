@@ -47,6 +47,7 @@ export interface Binding {
   fmaPeak(iters: number): number;
   loadModel(config: NativeModelConfig, files: string[], tensors: NativeTensor[]): Promise<NativeModel>;
   NativeCache: new (model: NativeModel, sequences: number, capacity: number) => NativeCache;
+  NativeEngine: new (target: NativeModel, draft: NativeModel | null, slots: number, capacity: number) => NativeEngine;
   setThreads(n: number): void;
   threads(): number;
   availableCores(): number;
@@ -77,6 +78,34 @@ export interface NativeCache {
   bytes(): number;
   forward(seqs: Int32Array, counts: Int32Array, nLogits: Int32Array, tokens: Int32Array, out: Float32Array, async: true): Promise<void>;
   forward(seqs: Int32Array, counts: Int32Array, nLogits: Int32Array, tokens: Int32Array, out: Float32Array, async: false): undefined;
+  dispose(): void;
+}
+
+/** What one engine step did (native/core/engine.h), per stepped sequence b. */
+export interface NativeStepResult {
+  slots: Int32Array;
+  drafted: Int32Array;
+  accepted: Int32Array;
+  /** Emitted tokens that joined the sequence (fewer than accepted + 1 after an EOS). */
+  kept: Int32Array;
+  /** 0 running, 1 length (max tokens or context), 2 eos. */
+  finish: Int32Array;
+  /** emitted[emittedOffsets[b] .. emittedOffsets[b + 1]]: the accepted + 1 tokens of verification. */
+  emittedOffsets: Int32Array;
+  emitted: Int32Array;
+  /** sum_x min(p, q) at each tested position. */
+  expectedOffsets: Int32Array;
+  expected: Float32Array;
+  /** [prefill, draft, target, sampling, total] ms, draft forwards. */
+  times: Float64Array;
+}
+
+export interface NativeEngine {
+  /** params: [target T, topK, topP, minP, draft T, topK, topP, minP]. Returns the slot. */
+  add(prompt: Int32Array, params: Float64Array, gamma: number, seed: bigint, maxNewTokens: number, eos: Int32Array): number;
+  remove(slot: number): void;
+  freeSlots(): number;
+  step(): Promise<NativeStepResult>;
   dispose(): void;
 }
 

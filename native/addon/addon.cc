@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "engine.h"
 #include "error.h"
 #include "kd.h"
 #include "model.h"
@@ -30,7 +31,7 @@ using specula::Error;
 
 struct AddonData {
   Napi::FunctionReference error_class;
-  Napi::FunctionReference model_ctor, cache_ctor;
+  Napi::FunctionReference model_ctor, cache_ctor, engine_ctor;
 };
 
 Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message) {
@@ -656,6 +657,184 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   std::shared_ptr<CacheState> state_;
 };
 
+// ---------------------------------------------------------------------------------------
+// The speculative engine (native/core/engine.h). The TypeScript scheduler makes one call
+// at a time; a step runs on the libuv pool and its results are copied into typed arrays
+// when it settles.
+
+struct EngineState {
+  std::unique_ptr<specula::Engine> engine;
+  bool busy = false;  // a step is running (touched on the JS thread only)
+};
+
+class StepJob : public Napi::AsyncWorker {
+ public:
+  StepJob(Napi::Env env, std::shared_ptr<EngineState> state)
+      : Napi::AsyncWorker(env, "specula.step"), state_(std::move(state)), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      stepped_ = state_->engine->step();
+    } catch (const Error& e) {
+      code_ = specula::code_name(e.code());
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      SetError("out of memory");
+    } catch (const std::exception& e) {
+      SetError(std::string("internal error: ") + e.what());
+    }
+  }
+  void OnOK() override {
+    state_->busy = false;
+    Napi::Env env = Env();
+    const specula::Engine& e = *state_->engine;
+    std::vector<size_t> slots;
+    for (size_t s = 0; s < e.slots(); ++s)
+      if (e.in_use(s) && e.stepped(s)) slots.push_back(s);
+    const size_t B = slots.size();
+    size_t ne = 0, nx = 0;
+    for (size_t s : slots) {
+      ne += e.record(s).emitted.size();
+      nx += e.record(s).expected.size();
+    }
+    auto i32 = [&](size_t n) { return Napi::Int32Array::New(env, n); };
+    Napi::Int32Array slot = i32(B), drafted = i32(B), accepted = i32(B), kept = i32(B), finish = i32(B);
+    Napi::Int32Array eoff = i32(B + 1), xoff = i32(B + 1), emitted = i32(ne);
+    Napi::Float32Array expected = Napi::Float32Array::New(env, nx);
+    size_t pe = 0, px = 0;
+    for (size_t b = 0; b < B; ++b) {
+      const specula::StepRecord& r = e.record(slots[b]);
+      slot[b] = int32_t(slots[b]);
+      drafted[b] = r.drafted;
+      accepted[b] = r.accepted;
+      kept[b] = r.kept;
+      finish[b] = int32_t(r.finish);
+      eoff[b] = int32_t(pe);
+      xoff[b] = int32_t(px);
+      for (int32_t t : r.emitted) emitted[pe++] = t;
+      for (float v : r.expected) expected[px++] = v;
+    }
+    eoff[B] = int32_t(pe);
+    xoff[B] = int32_t(px);
+    const specula::StepTimes& t = e.times();
+    Napi::Float64Array times = Napi::Float64Array::New(env, 6);
+    times[0] = t.prefill;
+    times[1] = t.draft;
+    times[2] = t.target;
+    times[3] = t.sampling;
+    times[4] = t.total;
+    times[5] = t.draft_calls;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("slots", slot);
+    o.Set("drafted", drafted);
+    o.Set("accepted", accepted);
+    o.Set("kept", kept);
+    o.Set("finish", finish);
+    o.Set("emittedOffsets", eoff);
+    o.Set("emitted", emitted);
+    o.Set("expectedOffsets", xoff);
+    o.Set("expected", expected);
+    o.Set("times", times);
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error& err) override {
+    state_->busy = false;
+    deferred_.Reject(make_error(Env(), code_, err.Message()).Value());
+  }
+
+ private:
+  std::shared_ptr<EngineState> state_;
+  Napi::Promise::Deferred deferred_;
+  size_t stepped_ = 0;
+  std::string code_ = "E_STATE";
+};
+
+class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeEngine",
+                       {InstanceMethod("add", &NativeEngine::Add), InstanceMethod("remove", &NativeEngine::Remove),
+                        InstanceMethod("step", &NativeEngine::Step), InstanceMethod("freeSlots", &NativeEngine::FreeSlots),
+                        InstanceMethod("dispose", &NativeEngine::Dispose)});
+  }
+  // new NativeEngine(target: NativeModel, draft: NativeModel | null, slots, capacity)
+  explicit NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeEngine>(info) {
+    try {
+      if (!info[0].IsObject()) throw Error(Code::Arg, "target: expected a NativeModel, received " + describe(info[0]));
+      auto target = NativeModel::Unwrap(info[0].As<Napi::Object>())->get("target");
+      std::shared_ptr<const specula::Model> draft;
+      if (!info[1].IsNull() && !info[1].IsUndefined()) {
+        if (!info[1].IsObject()) throw Error(Code::Arg, "draft: expected a NativeModel or null, received " + describe(info[1]));
+        draft = NativeModel::Unwrap(info[1].As<Napi::Object>())->get("draft");
+      }
+      const size_t slots = dim(info, 2, "slots"), cap = dim(info, 3, "capacity");
+      state_ = std::make_shared<EngineState>();
+      state_->engine = std::make_unique<specula::Engine>(target, draft, slots, cap);
+    } catch (const Error& e) {
+      make_error(info.Env(), specula::code_name(e.code()), e.what()).ThrowAsJavaScriptException();
+    } catch (const std::bad_alloc&) {
+      make_error(info.Env(), "E_STATE", "out of memory").ThrowAsJavaScriptException();
+    }
+  }
+
+ private:
+  specula::Engine& ready(const char* what) {
+    if (!state_ || !state_->engine) throw Error(Code::State, std::string(what) + ": the engine has been disposed");
+    if (state_->busy) throw Error(Code::State, std::string(what) + ": a step is still running; await it first");
+    return *state_->engine;
+  }
+  // add(prompt Int32Array, params Float64Array(8): target then draft [T, topK, topP, minP],
+  //     gamma, seed BigInt, maxNewTokens, eos Int32Array) -> slot
+  Napi::Value Add(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::Engine& e = ready("add");
+      const View<int32_t> prompt = typed<int32_t>(info, 0, "prompt", napi_int32_array, SIZE_MAX);
+      std::vector<specula::SamplingParams> p = params_arg(info, 1, "params");
+      if (p.size() != 2) throw Error(Code::Shape, "params: expected 8 numbers (target, draft)");
+      specula::SequenceOptions o;
+      o.target = p[0];
+      o.draft = p[1];
+      o.gamma = dim(info, 2, "gamma");
+      if (!info[3].IsBigInt()) throw Error(Code::Arg, "seed: expected a bigint, received " + describe(info[3]));
+      bool lossless = false;
+      o.seed = info[3].As<Napi::BigInt>().Uint64Value(&lossless);
+      if (!lossless) throw Error(Code::Value, "seed: expected an integer in [0, 2^64)");
+      o.max_new_tokens = dim(info, 4, "maxNewTokens");
+      const View<int32_t> eos = typed<int32_t>(info, 5, "eos", napi_int32_array, SIZE_MAX);
+      o.eos.assign(eos.data, eos.data + eos.length);
+      return Napi::Number::New(info.Env(), double(e.add(prompt.data, prompt.length, o)));
+    });
+  }
+  Napi::Value Remove(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      ready("remove").remove(dim(info, 0, "slot"));
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value FreeSlots(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), double(ready("freeSlots").free_slots())); });
+  }
+  // step() -> Promise<StepResult>
+  Napi::Value Step(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      ready("step");
+      state_->busy = true;
+      StepJob* job = new StepJob(info.Env(), state_);
+      Napi::Promise p = job->promise();
+      job->Queue();
+      return p;
+    });
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    state_.reset();  // a running step holds its own reference
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<EngineState> state_;
+};
+
 // loadModel(config, files: string[], tensors) -> Promise<NativeModel>
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -750,6 +929,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->cache_ctor = Napi::Persistent(cache_class);
   exports.Set("NativeModel", model_class);
   exports.Set("NativeCache", cache_class);
+  Napi::Function engine_class = NativeEngine::Define(env);
+  data->engine_ctor = Napi::Persistent(engine_class);
+  exports.Set("NativeEngine", engine_class);
   exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
   exports.Set("fmaPeak", Napi::Function::New(env, FmaPeak, "fmaPeak"));
   return exports;

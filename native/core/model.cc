@@ -238,13 +238,25 @@ Model::Model(const ModelConfig& config, const std::vector<std::string>& files, c
 // ---------------------------------------------------------------------------------------
 // KV cache and forward
 
-FloatBuffer::~FloatBuffer() { std::free(p_); }
+FloatBuffer::~FloatBuffer() { release(); }
+
+void FloatBuffer::release() {
+  if (p_ != nullptr) {
+#ifdef SPECULA_HAVE_MMAP
+    if (mapped_ != 0)
+      ::munmap(p_, mapped_);
+    else
+#endif
+      std::free(p_);
+  }
+  p_ = nullptr;
+  n_ = 0;
+  mapped_ = 0;
+}
 
 void FloatBuffer::reserve(size_t n) {
   if (n <= n_ && p_ != nullptr) return;
-  std::free(p_);
-  p_ = nullptr;
-  n_ = 0;
+  release();
   const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
   if (p == nullptr) throw std::bad_alloc();
@@ -253,8 +265,27 @@ void FloatBuffer::reserve(size_t n) {
 }
 
 void FloatBuffer::assign_zero(size_t n) {
+  // Large buffers (KV caches) come zeroed from the kernel and become resident only where
+  // they are written: a cache sized for many long sequences costs what is used.
+  constexpr size_t kMapAbove = size_t(4) << 20;
+  const size_t bytes = n * sizeof(float);
+#ifdef SPECULA_HAVE_MMAP
+  if (bytes < kMapAbove) {
+    reserve(n);
+    std::memset(p_, 0, bytes);
+    return;
+  }
+  release();
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  p_ = static_cast<float*>(p);
+  n_ = n;
+  mapped_ = bytes;
+#else
+  (void)kMapAbove;
   reserve(n);
-  std::memset(p_, 0, n * sizeof(float));
+  std::memset(p_, 0, bytes);
+#endif
 }
 
 KvCache::KvCache(std::shared_ptr<const Model> model, size_t sequences, size_t capacity)

@@ -70,12 +70,14 @@ class FloatBuffer {
   size_t size() const { return n_; }
   // At least n floats; contents are lost when it grows. Throws std::bad_alloc.
   void reserve(size_t n);
-  // Exactly n zeros.
+  // Exactly n zeros (large ones lazily: pages become resident when written).
   void assign_zero(size_t n);
 
  private:
+  void release();
   float* p_ = nullptr;
   size_t n_ = 0;
+  size_t mapped_ = 0;  // bytes of an mmap'd buffer, 0 for aligned_alloc
 };
 
 class Model {

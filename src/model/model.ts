@@ -187,6 +187,11 @@ export class Model {
     return this.#handle;
   }
 
+  /** @internal the native handle, for the engine (E_STATE once disposed). */
+  static handle(model: Model, what: string): NativeModel {
+    return model.#live(what);
+  }
+
   /** Logits of every position of one sequence, [tokens.length, vocabSize], without a cache. */
   async logits(tokens: Int32Array | readonly number[]): Promise<Float32Array> {
     const caller = new Error();
