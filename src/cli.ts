@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 /**
- * The `specula` command line. Later issues add generate, train, distill and bench;
- * for now it has `demo`, a small run of the verification kernel on synthetic logits.
+ * The `specula` command line: `generate` (speculative decoding with a target and a draft
+ * model), `init-model` (a random-initialised model directory) and `demo` (the
+ * verification kernel on synthetic logits). Later issues add train, distill and bench.
  */
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { SpeculativeDecoder, type GenerateOptions, type GenerationStats } from './engine/decoder.js';
 import { SpeculaError } from './errors.js';
+import { initModel, PRESETS, type PresetName, type WeightDType } from './model/init.js';
 import { runtimeInfo, setThreads, version } from './runtime.js';
 import { sample, verify, type SamplingParams } from './sampling.js';
 
@@ -14,6 +17,94 @@ function integer(min: number) {
     if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected an integer >= ${min}`);
     return n;
   };
+}
+
+function real(min: number, max = Infinity, minOpen = false) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n < min || (minOpen && n === min) || n > max) {
+      throw new InvalidArgumentError(`expected a number in ${minOpen ? '(' : '['}${min}, ${max === Infinity ? 'inf)' : `${max}]`}`);
+    }
+    return n;
+  };
+}
+
+function seedArg(value: string): bigint {
+  if (!/^\d+$/.test(value) || BigInt(value) >= 2n ** 64n) throw new InvalidArgumentError('expected an integer in [0, 2^64)');
+  return BigInt(value);
+}
+
+interface GenerateCliOptions {
+  target: string; draft: string; prompt: string; temperature: number; topK?: number; topP?: number; minP?: number;
+  draftTemperature?: number; gamma: number; maxNewTokens: number; seed?: bigint; stop?: string[]; threads?: number;
+  contextLength?: number; json?: boolean;
+}
+
+function statsLines(s: GenerationStats): string {
+  const f = (x: number, d = 2) => x.toFixed(d);
+  return [
+    `acceptance ${f(s.acceptanceRate, 3)} (expected ${f(s.expectedAcceptance, 3)}), tau ${f(s.meanAcceptedLength)} tokens per target call, ` +
+      `by position [${s.acceptanceByPosition.map((a) => f(a)).join(', ')}]`,
+    `${f(s.tokensPerSecond, 1)} tokens/s; target ${s.targetCalls} calls ${f(s.targetMs, 1)} ms, draft ${s.draftCalls} calls ` +
+      `${f(s.draftMs, 1)} ms, sampling ${f(s.samplingMs, 1)} ms, prefill ${f(s.prefillMs, 1)} ms`,
+    `cost ratio c ${f(s.costRatio, 3)}, predicted speedup ${f(s.predictedSpeedup)} (gamma ${s.gamma})`,
+  ].join('\n');
+}
+
+async function generate(o: GenerateCliOptions): Promise<void> {
+  const decoder = await SpeculativeDecoder.load({
+    target: o.target, draft: o.draft,
+    ...(o.threads !== undefined ? { threads: o.threads } : {}),
+    ...(o.contextLength !== undefined ? { contextLength: o.contextLength } : {}),
+  });
+  const ctl = new AbortController();
+  const onSigint = () => ctl.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    const draft: GenerateOptions['draft'] = o.draftTemperature !== undefined ? { temperature: o.draftTemperature } : undefined;
+    const opts: GenerateOptions = {
+      maxNewTokens: o.maxNewTokens, temperature: o.temperature, gamma: o.gamma, signal: ctl.signal,
+      ...(o.topK !== undefined ? { topK: o.topK } : {}), ...(o.topP !== undefined ? { topP: o.topP } : {}),
+      ...(o.minP !== undefined ? { minP: o.minP } : {}), ...(draft ? { draft } : {}),
+      ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(o.stop ? { stop: o.stop } : {}),
+    };
+    if (o.json) {
+      const r = await decoder.generate(o.prompt, opts);
+      process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+      return;
+    }
+    let stats: GenerationStats | undefined, reason: string | undefined;
+    for await (const c of decoder.stream(o.prompt, opts)) {
+      if (c.text) process.stdout.write(c.text);
+      stats = c.stats;
+      reason = c.finishReason ?? reason;
+    }
+    process.stdout.write('\n');
+    if (stats) console.error(`\n[${reason}] ${statsLines(stats)}`);
+  } finally {
+    process.off('SIGINT', onSigint);
+    await decoder.dispose();
+  }
+}
+
+interface InitCliOptions { out: string; preset?: string; config?: string; seed: number; dtype: WeightDType; initStd?: number }
+
+async function initModelCmd(o: InitCliOptions): Promise<void> {
+  if ((o.preset === undefined) === (o.config === undefined)) {
+    throw new SpeculaError('E_ARG', 'init-model: give exactly one of --preset NAME or --config JSON');
+  }
+  let config: Parameters<typeof initModel>[1]['config'];
+  if (o.preset !== undefined) {
+    config = o.preset as PresetName;
+  } else {
+    try {
+      config = JSON.parse(o.config!);
+    } catch (err) {
+      throw new SpeculaError('E_ARG', `--config: expected JSON, received ${JSON.stringify(o.config)} (${(err as Error).message})`);
+    }
+  }
+  await initModel(o.out, { config, seed: o.seed, dtype: o.dtype, ...(o.initStd !== undefined ? { initStd: o.initStd } : {}) });
+  console.error(`wrote ${o.out} (${o.preset ?? 'custom config'}, ${o.dtype}, seed ${o.seed})`);
 }
 
 /** Deterministic normal variates (xorshift32 + Box-Muller): synthetic logits only. */
@@ -108,6 +199,37 @@ program
   .option('--seed <n>', 'seed of the synthetic logits and of the sampling', integer(0), 1)
   .option('--threads <n>', 'compute threads (default: available cores)', integer(1))
   .action((opts: DemoOptions) => demo(opts));
+
+program
+  .command('generate')
+  .description('generate text with speculative decoding: streams the text to stdout, the statistics to stderr')
+  .requiredOption('--target <dir>', 'target model directory (Hugging Face layout)')
+  .requiredOption('--draft <dir>', 'draft model directory (same vocabulary)')
+  .requiredOption('--prompt <text>', 'the prompt')
+  .option('--temperature <t>', 'target temperature; 0 = greedy', real(0), 1)
+  .option('--top-k <k>', 'keep the k most probable tokens', integer(1))
+  .option('--top-p <p>', 'nucleus: smallest set with mass >= p', real(0, 1, true))
+  .option('--min-p <p>', 'keep tokens with p >= min-p * max p', real(0, 1))
+  .option('--draft-temperature <t>', "the draft's temperature (default: the target's)", real(0))
+  .option('--gamma <n>', 'tokens drafted per step; 0 = autoregressive', integer(0), 4)
+  .option('--max-new-tokens <n>', 'tokens to generate at most', integer(1), 128)
+  .option('--seed <n>', 'uint64 seed (default: random)', seedArg)
+  .option('--stop <text...>', 'stop strings')
+  .option('--context-length <n>', "longest sequence (default: the models' context)", integer(2))
+  .option('--threads <n>', 'compute threads (default: available cores)', integer(1))
+  .option('--json', 'print the result object (text, tokens, finishReason, stats) instead of streaming')
+  .action((opts: GenerateCliOptions) => generate(opts));
+
+program
+  .command('init-model')
+  .description('write a random-initialised model directory (config.json, model.safetensors, byte-level tokenizer.json)')
+  .requiredOption('--out <dir>', 'directory to write')
+  .addOption(new Option('--preset <name>', 'a named configuration').choices(Object.keys(PRESETS)))
+  .option('--config <json>', 'a LlamaConfig as JSON (e.g. {"hiddenSize":256,...}); instead of --preset')
+  .requiredOption('--seed <n>', 'seed of the weights', integer(0))
+  .addOption(new Option('--dtype <type>', 'weight dtype').choices(['f32', 'f16', 'bf16']).default('f32'))
+  .option('--init-std <s>', 'standard deviation of the weights (default 0.02)', real(0, 10))
+  .action((opts: InitCliOptions) => initModelCmd(opts));
 
 try {
   await program.parseAsync(process.argv);

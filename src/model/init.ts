@@ -45,6 +45,12 @@ export const PRESETS = {
     numHeads: 12, numKvHeads: 4, headDim: 64, rmsNormEps: 1e-5, ropeTheta: 10000, ropeScaling: null,
     maxPositionEmbeddings: 2048, tieWordEmbeddings: true, qkvBias: false, oBias: false,
   },
+  /** ~5M parameters (hidden 128, 4 layers, vocab 32000, tied): the draft of the engine benchmark. */
+  'llama-5m': {
+    architecture: 'LlamaForCausalLM', vocabSize: 32000, hiddenSize: 128, intermediateSize: 384, numLayers: 4,
+    numHeads: 4, numKvHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 10000, ropeScaling: null,
+    maxPositionEmbeddings: 2048, tieWordEmbeddings: true, qkvBias: false, oBias: false,
+  },
 } as const satisfies Record<string, ModelShape>;
 
 export type PresetName = keyof typeof PRESETS;
