@@ -32,6 +32,14 @@ describe('README', () => {
     expect(out).toContain('"Hello"');
   });
 
+  it('runs the speculative decoding example', () => {
+    const code = readme.split('## Speculative decoding')[1]!.split('```js\n')[1]!.split('```')[0]!;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
+    expect(out).toContain('16 length true');
+    expect(out).toContain('[ true, true ]');
+    expect(out).toMatch(/\[(length|stop|eos)\]/);
+  });
+
   it('runs the API example', () => {
     const code = readme.split('## API')[1]!.split('```js\n')[1]!.split('```')[0]!;
     const out = execFileSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
