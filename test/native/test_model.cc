@@ -15,6 +15,7 @@
 
 #include "check.h"
 #include "error.h"
+#include "engine.h"
 #include "model.h"
 #include "simd.h"
 #include "thread_pool.h"
@@ -585,6 +586,99 @@ TEST_CASE(bad_models_and_calls_throw) {
   CHECK_EQ(cache.length(0), size_t(8));
   CHECK_THROWS_CODE(cache.truncate(0, 9), Code::Value);
   CHECK_THROWS_CODE(cache.length(5), Code::Value);
+}
+
+// ---------------------------------------------------------------------------------------
+// The speculative engine (engine.h) on tiny models: greedy speculative output equals an
+// argmax loop over the target's own forward; a sequence's tokens do not depend on the
+// batch; caches roll back consistently (the next step's logits equal a fresh forward);
+// bad calls throw with codes.
+
+std::vector<int32_t> run_engine(specula::Engine& e, const std::vector<std::vector<int32_t>>& prompts,
+                                const specula::SequenceOptions& o, size_t which) {
+  std::vector<size_t> slots;
+  for (const auto& p : prompts) slots.push_back(e.add(p.data(), p.size(), o));
+  size_t guard = 0;
+  while (e.step() > 0 && ++guard < 10000) {
+  }
+  std::vector<int32_t> out(e.tokens(slots[which]).begin() + long(e.prompt_length(slots[which])), e.tokens(slots[which]).end());
+  for (size_t s : slots) e.remove(s);
+  return out;
+}
+
+TEST_CASE(engine_greedy_equals_argmax_decoding_and_is_batch_invariant) {
+  const auto tt = make_model(tiny_config(0), WType::F32, 41);
+  const auto td = make_model(tiny_config(0), WType::BF16, 42);
+  auto target = std::make_shared<const specula::Model>(tt->config, std::vector<std::string>{tt->path}, tt->specs);
+  auto draft = std::make_shared<const specula::Model>(td->config, std::vector<std::string>{td->path}, td->specs);
+  const size_t V = tt->config.vocab, N = 24;
+  const std::vector<int32_t> prompt = {1, 5, 36, 0, 7};
+  // Argmax loop: full forward of the growing sequence in a fresh cache each time.
+  std::vector<int32_t> seq = prompt, ref;
+  for (size_t i = 0; i < N; ++i) {
+    specula::KvCache c(target, 1, 64);
+    std::vector<float> z(V);
+    specula::ForwardItem it{0, seq.data(), seq.size(), 1};
+    c.forward(&it, 1, z.data());
+    const int32_t best = int32_t(std::max_element(z.begin(), z.end()) - z.begin());
+    ref.push_back(best);
+    seq.push_back(best);
+  }
+  specula::Engine e(target, draft, 4, 64);
+  specula::SequenceOptions o;
+  o.target.temperature = 0;
+  o.draft.temperature = 0;
+  o.max_new_tokens = N;
+  for (size_t gamma : {size_t(0), size_t(1), size_t(3), size_t(7)}) {
+    o.gamma = gamma;
+    const auto got = run_engine(e, {prompt}, o, 0);
+    CHECK(got == ref);
+  }
+  // Sampled: the same tokens alone and as the third of three sequences.
+  o.target.temperature = 1.2;
+  o.draft.temperature = 0.8;
+  o.target.top_p = 0.9;
+  o.gamma = 3;
+  o.seed = 99;
+  o.max_new_tokens = 30;
+  const auto alone = run_engine(e, {prompt}, o, 0);
+  const auto inbatch = run_engine(e, {{2, 3}, {4, 4, 4, 4, 4, 4}, prompt}, o, 2);
+  CHECK(alone.size() == 30);
+  CHECK(alone == inbatch);
+  // EOS: a token that greedy decoding emits ends the sequence and is kept last.
+  o.target.temperature = 0;
+  o.gamma = 3;
+  o.eos = {ref[5]};
+  const auto stopped = run_engine(e, {prompt}, o, 0);
+  const size_t first = size_t(std::find(ref.begin(), ref.end(), ref[5]) - ref.begin());
+  CHECK(stopped == std::vector<int32_t>(ref.begin(), ref.begin() + long(first) + 1));
+}
+
+TEST_CASE(engine_bad_calls_throw) {
+  using specula::Code;
+  const auto tt = make_model(tiny_config(0), WType::F32, 43);
+  auto target = std::make_shared<const specula::Model>(tt->config, std::vector<std::string>{tt->path}, tt->specs);
+  specula::Engine e(target, nullptr, 1, 8);
+  specula::SequenceOptions o;
+  o.gamma = 0;
+  const std::vector<int32_t> p8(8, 1), p2 = {1, 2};
+  CHECK_THROWS_CODE(e.add(p8.data(), p8.size(), o), Code::Shape);        // no room in a context of 8
+  o.gamma = 2;
+  CHECK_THROWS_CODE(e.add(p2.data(), p2.size(), o), Code::Value);        // gamma > 0 without a draft
+  o.gamma = 0;
+  o.target.temperature = -1;
+  CHECK_THROWS_CODE(e.add(p2.data(), p2.size(), o), Code::Value);
+  o.target.temperature = 1;
+  const std::vector<int32_t> bad = {1, 999};
+  CHECK_THROWS_CODE(e.add(bad.data(), bad.size(), o), Code::Value);
+  const size_t s = e.add(p2.data(), p2.size(), o);
+  CHECK_THROWS_CODE(e.add(p2.data(), p2.size(), o), Code::State);        // all slots in use
+  o.max_new_tokens = 100;
+  CHECK(e.step() == 1);
+  e.remove(s);
+  CHECK_THROWS_CODE(e.remove(s), Code::Value);
+  CHECK(e.step() == 0);
+  CHECK_THROWS_CODE(specula::Engine(target, nullptr, 1, 1000), Code::Value);
 }
 
 }  // namespace
