@@ -13,7 +13,7 @@
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { initModel, runtimeInfo, setThreads, SpeculativeDecoder } from '../dist/index.js';
+import { expectedTokensPerStep, initModel, predictedSpeedup, runtimeInfo, setThreads, SpeculativeDecoder } from '../dist/index.js';
 
 const args = process.argv.slice(2);
 const opt = (name, def) => {
@@ -56,7 +56,7 @@ async function run(gamma, temperature) {
     const s = r.stats;
     n += r.tokens.length;
     acc += s.accepted;
-    tests += s.accepted > 0 || s.drafted > 0 ? s.accepted / Math.max(s.acceptanceRate, 1e-12) : 0;
+    tests += s.tested;
     draftMs += s.draftMs;
     draftCalls += s.draftCalls;
     targetMs += s.targetMs;
@@ -66,9 +66,9 @@ async function run(gamma, temperature) {
   }
   const alpha = tests > 0 ? acc / tests : 0;
   const c = draftCalls > 0 ? draftMs / draftCalls / (targetMs / targetCalls) : 0;
-  const tau = alpha >= 1 ? gamma + 1 : (1 - alpha ** (gamma + 1)) / (1 - alpha);
   return {
-    tps: n / (ms / 1e3), alpha, c, tau: emitted / targetCalls, predicted: tau / (gamma * c + 1), tauModel: tau,
+    tps: n / (ms / 1e3), alpha, c, tau: emitted / targetCalls, predicted: predictedSpeedup(alpha, gamma, c),
+    tauModel: expectedTokensPerStep(alpha, gamma),
     overhead: over / ms, targetStep: targetMs / targetCalls, draftStep: draftCalls ? draftMs / draftCalls : 0,
   };
 }

@@ -22,7 +22,7 @@ export {
   type SafetensorsFile, type TensorInfo,
 } from './model/index.js';
 export {
-  SpeculativeDecoder, sequenceSeed,
+  SpeculativeDecoder, sequenceSeed, predictedSpeedup, expectedTokensPerStep,
   type DecoderLoadOptions, type GenerateOptions, type GenerateInput, type GenerateResult, type GenerationStats,
   type StepInfo, type StreamChunk, type FinishReason, type DraftSamplingOptions,
 } from './engine/decoder.js';

@@ -120,6 +120,8 @@ describe('statistics', () => {
         expect(s.drafted).toBeLessThanOrEqual(gamma * s.targetCalls);
         expect(s.draftCalls).toBe(s.drafted);
         expect(s.emitted).toBe(s.accepted + s.targetCalls);
+        expect(s.tested).toBeGreaterThanOrEqual(s.accepted);
+        expect(s.tested).toBeLessThanOrEqual(s.drafted);
         if (r.finishReason === 'length') expect(r.tokens.length).toBe(s.emitted);
         else expect(r.tokens.length).toBeLessThanOrEqual(s.emitted);
         expect(s.meanAcceptedLength).toBeCloseTo(s.emitted / s.targetCalls, 12);

@@ -173,12 +173,39 @@ std::vector<uint64_t> offsets_arg(const Napi::CallbackInfo& info, size_t i, size
   return out;
 }
 
+// An AsyncWorker whose Run() executes on the libuv pool; a C++ exception becomes the
+// error it settles with, its code kept for make_error (one place for the three jobs).
+class CoreWorker : public Napi::AsyncWorker {
+ public:
+  using Napi::AsyncWorker::AsyncWorker;
+
+ protected:
+  virtual void Run() = 0;
+  void Execute() final {
+    try {
+      Run();
+    } catch (const Error& e) {
+      code_ = specula::code_name(e.code());
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      SetError("out of memory");
+    } catch (const std::exception& e) {
+      SetError(std::string("internal error: ") + e.what());
+    }
+  }
+  // The JavaScript error for a failure of Run().
+  Napi::Value js_error(const Napi::Error& e) { return make_error(Env(), code_, e.Message()).Value(); }
+
+ private:
+  std::string code_ = "E_STATE";
+};
+
 // Runs `work` on the libuv pool and settles a Promise with its number result (or
 // undefined); keeps `keep` alive meanwhile.
-class Job : public Napi::AsyncWorker {
+class Job : public CoreWorker {
  public:
   Job(Napi::Env env, std::function<double()> work, bool has_result, const std::vector<Napi::Value>& keep)
-      : Napi::AsyncWorker(env, "specula"),
+      : CoreWorker(env, "specula"),
         work_(std::move(work)),
         has_result_(has_result),
         deferred_(Napi::Promise::Deferred::New(env)) {
@@ -190,27 +217,14 @@ class Job : public Napi::AsyncWorker {
   void on_settle(std::function<void()> fn) { settle_ = std::move(fn); }
 
  protected:
-  void Execute() override {
-    try {
-      result_ = work_();
-    } catch (const Error& e) {
-      code_ = specula::code_name(e.code());
-      SetError(e.what());
-    } catch (const std::bad_alloc&) {
-      code_ = "E_STATE";
-      SetError("out of memory");
-    } catch (const std::exception& e) {
-      code_ = "E_STATE";
-      SetError(std::string("internal error: ") + e.what());
-    }
-  }
+  void Run() override { result_ = work_(); }
   void OnOK() override {
     if (settle_) settle_();
     deferred_.Resolve(has_result_ ? Napi::Number::New(Env(), result_).As<Napi::Value>() : Env().Undefined());
   }
   void OnError(const Napi::Error& e) override {
     if (settle_) settle_();
-    deferred_.Reject(make_error(Env(), code_, e.Message()).Value());
+    deferred_.Reject(js_error(e));
   }
 
  private:
@@ -220,7 +234,6 @@ class Job : public Napi::AsyncWorker {
   double result_ = 0;
   Napi::Promise::Deferred deferred_;
   std::vector<Napi::ObjectReference> refs_;
-  std::string code_ = "E_STATE";
 };
 
 // Runs work now (sync) or queues it (async), depending on the argument at async_index;
@@ -506,11 +519,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 };
 
 // Settles a Promise with a NativeModel built off the JS thread.
-class LoadJob : public Napi::AsyncWorker {
+class LoadJob : public CoreWorker {
  public:
   LoadJob(Napi::Env env, specula::ModelConfig config, std::vector<std::string> files,
           std::vector<specula::TensorSpec> tensors, Napi::FunctionReference* ctor)
-      : Napi::AsyncWorker(env, "specula.loadModel"),
+      : CoreWorker(env, "specula.loadModel"),
         config_(std::move(config)),
         files_(std::move(files)),
         tensors_(std::move(tensors)),
@@ -519,24 +532,13 @@ class LoadJob : public Napi::AsyncWorker {
   Napi::Promise promise() const { return deferred_.Promise(); }
 
  protected:
-  void Execute() override {
-    try {
-      model_ = std::make_shared<const specula::Model>(config_, files_, tensors_);
-    } catch (const Error& e) {
-      code_ = specula::code_name(e.code());
-      SetError(e.what());
-    } catch (const std::bad_alloc&) {
-      SetError("out of memory");
-    } catch (const std::exception& e) {
-      SetError(std::string("internal error: ") + e.what());
-    }
-  }
+  void Run() override { model_ = std::make_shared<const specula::Model>(config_, files_, tensors_); }
   void OnOK() override {
     Napi::Object obj = ctor_->New({});
     NativeModel::Unwrap(obj)->model = std::move(model_);
     deferred_.Resolve(obj);
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(make_error(Env(), code_, e.Message()).Value()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(js_error(e)); }
 
  private:
   specula::ModelConfig config_;
@@ -545,7 +547,6 @@ class LoadJob : public Napi::AsyncWorker {
   Napi::FunctionReference* ctor_;
   std::shared_ptr<const specula::Model> model_;
   Napi::Promise::Deferred deferred_;
-  std::string code_ = "E_STATE";
 };
 
 struct CacheState {
@@ -667,25 +668,14 @@ struct EngineState {
   bool busy = false;  // a step is running (touched on the JS thread only)
 };
 
-class StepJob : public Napi::AsyncWorker {
+class StepJob : public CoreWorker {
  public:
   StepJob(Napi::Env env, std::shared_ptr<EngineState> state)
-      : Napi::AsyncWorker(env, "specula.step"), state_(std::move(state)), deferred_(Napi::Promise::Deferred::New(env)) {}
+      : CoreWorker(env, "specula.step"), state_(std::move(state)), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise promise() const { return deferred_.Promise(); }
 
  protected:
-  void Execute() override {
-    try {
-      stepped_ = state_->engine->step();
-    } catch (const Error& e) {
-      code_ = specula::code_name(e.code());
-      SetError(e.what());
-    } catch (const std::bad_alloc&) {
-      SetError("out of memory");
-    } catch (const std::exception& e) {
-      SetError(std::string("internal error: ") + e.what());
-    }
-  }
+  void Run() override { state_->engine->step(); }
   void OnOK() override {
     state_->busy = false;
     Napi::Env env = Env();
@@ -741,14 +731,12 @@ class StepJob : public Napi::AsyncWorker {
   }
   void OnError(const Napi::Error& err) override {
     state_->busy = false;
-    deferred_.Reject(make_error(Env(), code_, err.Message()).Value());
+    deferred_.Reject(js_error(err));
   }
 
  private:
   std::shared_ptr<EngineState> state_;
   Napi::Promise::Deferred deferred_;
-  size_t stepped_ = 0;
-  std::string code_ = "E_STATE";
 };
 
 class NativeEngine : public Napi::ObjectWrap<NativeEngine> {

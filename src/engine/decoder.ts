@@ -71,7 +71,9 @@ export interface GenerationStats {
   accepted: number;
   /** Tokens verification emitted: accepted + targetCalls (tokens after an EOS or stop string included). */
   emitted: number;
-  /** Realized per-token acceptance: accepted / (accepted + rejections), the estimate of α. 0 before any test. */
+  /** Acceptance tests decided: accepted + rejections (a step stops testing at its first rejection). */
+  tested: number;
+  /** Realized per-token acceptance: accepted / tested, the estimate of α. 0 before any test. */
   acceptanceRate: number;
   /** Mean of sum_x min(p(x), q(x)) over the tested positions: the expected acceptance. */
   expectedAcceptance: number;
@@ -126,6 +128,20 @@ export interface StreamChunk {
 export type GenerateInput = string | { tokens: readonly number[] };
 
 const MASK64 = (1n << 64n) - 1n;
+
+/**
+ * Leviathan et al.'s expected speedup of speculative decoding with per-token acceptance
+ * alpha, gamma drafted tokens per step and cost ratio c (draft step / target step):
+ * (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)).
+ */
+export function predictedSpeedup(alpha: number, gamma: number, c: number): number {
+  return expectedTokensPerStep(alpha, gamma) / (gamma * c + 1);
+}
+
+/** Expected tokens per target call for i.i.d. acceptance alpha: (1 - alpha^(gamma+1)) / (1 - alpha). */
+export function expectedTokensPerStep(alpha: number, gamma: number): number {
+  return alpha >= 1 ? gamma + 1 : (1 - alpha ** (gamma + 1)) / (1 - alpha);
+}
 
 /** splitmix64 (Steele et al.): one well-mixed 64-bit value per (seed, index). */
 export function sequenceSeed(seed: bigint, index: number): bigint {
@@ -190,7 +206,6 @@ function statsOf(s: Sequence, gamma: number): GenerationStats {
   const perDraft = s.draftCalls > 0 ? s.draftMs / s.draftCalls : 0;
   const perTarget = s.targetCalls > 0 ? s.targetMs / s.targetCalls : 0;
   const c = perTarget > 0 ? perDraft / perTarget : 0;
-  const tau = alpha >= 1 ? gamma + 1 : (1 - alpha ** (gamma + 1)) / (1 - alpha);
   const elapsed = s.end > s.start ? s.end - s.start : 0;
   const generated = s.text.tokens.length;
   return {
@@ -200,6 +215,7 @@ function statsOf(s: Sequence, gamma: number): GenerationStats {
     drafted: s.drafted,
     accepted: s.accepted,
     emitted: s.emitted,
+    tested: tests,
     acceptanceRate: alpha,
     expectedAcceptance: tests > 0 ? s.expectedSum / tests : 0,
     meanAcceptedLength: s.targetCalls > 0 ? s.emitted / s.targetCalls : 0,
@@ -212,7 +228,7 @@ function statsOf(s: Sequence, gamma: number): GenerationStats {
     overheadMs: Math.max(0, elapsed - s.prefillMs - s.draftMs - s.targetMs - s.samplingMs),
     tokensPerSecond: elapsed > 0 ? generated / (elapsed / 1000) : 0,
     costRatio: c,
-    predictedSpeedup: tau / (gamma * c + 1),
+    predictedSpeedup: predictedSpeedup(alpha, gamma, c),
   };
 }
 
