@@ -26,3 +26,8 @@ export {
   type DecoderLoadOptions, type GenerateOptions, type GenerateInput, type GenerateResult, type GenerationStats,
   type StepInfo, type StreamChunk, type FinishReason, type DraftSamplingOptions,
 } from './engine/decoder.js';
+export {
+  loadDataset, documentText, promptText, DATASET_SHAPES,
+  type Dataset, type DatasetRecord, type DatasetShape, type LoadDatasetOptions,
+} from './data/dataset.js';
+export { Trainer, cosineLr, type AdamWOptions } from './train/trainer.js';

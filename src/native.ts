@@ -48,6 +48,7 @@ export interface Binding {
   loadModel(config: NativeModelConfig, files: string[], tensors: NativeTensor[]): Promise<NativeModel>;
   NativeCache: new (model: NativeModel, sequences: number, capacity: number) => NativeCache;
   NativeEngine: new (target: NativeModel, draft: NativeModel | null, slots: number, capacity: number) => NativeEngine;
+  NativeTrainer: new (model: NativeModel) => NativeTrainer;
   setThreads(n: number): void;
   threads(): number;
   availableCores(): number;
@@ -106,6 +107,27 @@ export interface NativeEngine {
   remove(slot: number): void;
   freeSlots(): number;
   step(): Promise<NativeStepResult>;
+  dispose(): void;
+}
+
+/** One parameter tensor of a NativeTrainer's flat arrays (native/core/train.h). */
+export interface NativeParamTensor { name: string; offset: number; rows: number; cols: number; matrix: boolean }
+
+export type TrainerArray = 'params' | 'grads' | 'm' | 'v';
+
+export interface NativeTrainer {
+  tensors(): NativeParamTensor[];
+  size(): number;
+  read(which: TrainerArray, out: Float32Array): void;
+  write(which: TrainerArray, src: Float32Array): void;
+  step(): number;
+  setStep(step: number): void;
+  forward(tokens: Int32Array, batch: number, seq: number, logits: Float32Array): Promise<void>;
+  backward(dlogits: Float32Array): Promise<void>;
+  crossEntropy(logits: Float32Array, targets: Int32Array, dlogits: Float32Array | null, weight: number): Promise<number>;
+  /** [lr, beta1, beta2, eps, weightDecay, maxGradNorm] -> the gradient norm before clipping. */
+  adamw(options: Float64Array): Promise<number>;
+  flops(batch: number, seq: number): number;
   dispose(): void;
 }
 

@@ -23,6 +23,7 @@
 #include "sampling.h"
 #include "simd.h"
 #include "thread_pool.h"
+#include "train.h"
 
 namespace {
 
@@ -823,6 +824,189 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   std::shared_ptr<EngineState> state_;
 };
 
+struct TrainerState {
+  std::unique_ptr<specula::Trainer> trainer;
+  bool busy = false;  // an async call is running (touched on the JS thread only)
+};
+
+// The training state of one model (native/core/train.h). One call at a time: the async
+// ones set `busy` until they settle, and every other call throws E_STATE meanwhile.
+class NativeTrainer : public Napi::ObjectWrap<NativeTrainer> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeTrainer",
+                       {InstanceMethod("tensors", &NativeTrainer::Tensors), InstanceMethod("size", &NativeTrainer::Size),
+                        InstanceMethod("read", &NativeTrainer::Read), InstanceMethod("write", &NativeTrainer::Write),
+                        InstanceMethod("step", &NativeTrainer::GetStep), InstanceMethod("setStep", &NativeTrainer::SetStep),
+                        InstanceMethod("forward", &NativeTrainer::Forward),
+                        InstanceMethod("backward", &NativeTrainer::Backward),
+                        InstanceMethod("crossEntropy", &NativeTrainer::CrossEntropy),
+                        InstanceMethod("adamw", &NativeTrainer::AdamW), InstanceMethod("flops", &NativeTrainer::Flops),
+                        InstanceMethod("dispose", &NativeTrainer::Dispose)});
+  }
+  // new NativeTrainer(model: NativeModel)
+  explicit NativeTrainer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTrainer>(info) {
+    try {
+      if (!info[0].IsObject()) throw Error(Code::Arg, "model: expected a NativeModel, received " + describe(info[0]));
+      auto model = NativeModel::Unwrap(info[0].As<Napi::Object>())->get("model");
+      state_ = std::make_shared<TrainerState>();
+      state_->trainer = std::make_unique<specula::Trainer>(*model);
+    } catch (const Error& e) {
+      make_error(info.Env(), specula::code_name(e.code()), e.what()).ThrowAsJavaScriptException();
+    } catch (const std::bad_alloc&) {
+      make_error(info.Env(), "E_STATE", "out of memory").ThrowAsJavaScriptException();
+    }
+  }
+
+ private:
+  specula::Trainer& ready(const char* what) {
+    if (!state_ || !state_->trainer) throw Error(Code::State, std::string(what) + ": the trainer has been disposed");
+    if (state_->busy) throw Error(Code::State, std::string(what) + ": a call is still running; await it first");
+    return *state_->trainer;
+  }
+  float* array(specula::Trainer& t, const Napi::Value& v) {
+    const std::string w = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+    if (w == "params") return t.params();
+    if (w == "grads") return t.grads();
+    if (w == "m") return t.adam_m();
+    if (w == "v") return t.adam_v();
+    throw Error(Code::Value, "which: expected 'params', 'grads', 'm' or 'v', received " + describe(v));
+  }
+  // Queues work as an async job that holds the state and the argument arrays.
+  Napi::Value run(const Napi::CallbackInfo& info, std::function<double()> work, bool has_result) {
+    std::vector<Napi::Value> keep;
+    for (size_t i = 0; i < info.Length(); ++i) keep.push_back(info[i]);
+    Job* job = new Job(info.Env(), std::move(work), has_result, keep);
+    auto st = state_;
+    st->busy = true;
+    job->on_settle([st] { st->busy = false; });
+    Napi::Promise p = job->promise();
+    job->Queue();
+    return p;
+  }
+  Napi::Value Tensors(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::Trainer& t = ready("tensors");
+      Napi::Array out = Napi::Array::New(info.Env(), t.tensors().size());
+      for (size_t i = 0; i < t.tensors().size(); ++i) {
+        const specula::ParamTensor& p = t.tensors()[i];
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("name", p.name);
+        o.Set("offset", double(p.offset));
+        o.Set("rows", double(p.rows));
+        o.Set("cols", double(p.cols));
+        o.Set("matrix", p.matrix);
+        out.Set(uint32_t(i), o);
+      }
+      return out;
+    });
+  }
+  Napi::Value Size(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), double(ready("size").size())); });
+  }
+  // read(which, out Float32Array(size)): copies one flat array out.
+  Napi::Value Read(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::Trainer& t = ready("read");
+      const float* src = array(t, info[0]);
+      const View<float> out = typed<float>(info, 1, "out", napi_float32_array, t.size());
+      std::copy(src, src + t.size(), out.data);
+      return info.Env().Undefined();
+    });
+  }
+  // write(which, src Float32Array(size)): copies one flat array in.
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::Trainer& t = ready("write");
+      float* dst = array(t, info[0]);
+      const View<float> src = typed<float>(info, 1, "src", napi_float32_array, t.size());
+      std::copy(src.data, src.data + t.size(), dst);
+      if (dst == t.params()) t.params_changed();
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value GetStep(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), double(ready("step").step())); });
+  }
+  Napi::Value SetStep(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      ready("setStep").set_step(dim(info, 0, "step"));
+      return info.Env().Undefined();
+    });
+  }
+  // forward(tokens Int32Array(batch * seq), batch, seq, logits Float32Array) -> Promise<void>
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::Trainer& t = ready("forward");
+      const size_t batch = dim(info, 1, "batch"), seq = dim(info, 2, "seq");
+      const size_t T = checked_product({batch, seq}, "tokens");
+      const View<int32_t> tokens = typed<int32_t>(info, 0, "tokens", napi_int32_array, T);
+      const View<float> logits =
+          typed<float>(info, 3, "logits", napi_float32_array, checked_product({T, t.config().vocab}, "logits"));
+      specula::Trainer* tp = &t;
+      return run(info, [=] { return tp->forward(tokens.data, batch, seq, logits.data), 0.0; }, false);
+    });
+  }
+  // backward(dlogits Float32Array) -> Promise<void>
+  Napi::Value Backward(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::Trainer& t = ready("backward");
+      const View<float> d = typed<float>(info, 0, "dlogits", napi_float32_array, SIZE_MAX);
+      if (d.length % t.config().vocab != 0)
+        throw Error(Code::Shape, "dlogits: expected rows x " + std::to_string(t.config().vocab) + " floats, received " +
+                                     std::to_string(d.length));
+      specula::Trainer* tp = &t;
+      return run(info, [=] { return tp->backward(d.data), 0.0; }, false);
+    });
+  }
+  // crossEntropy(logits, targets Int32Array(rows), dlogits Float32Array | null, weight) -> Promise<number>
+  Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::Trainer& t = ready("crossEntropy");
+      const size_t V = t.config().vocab;
+      const View<int32_t> targets = typed<int32_t>(info, 1, "targets", napi_int32_array, SIZE_MAX);
+      const size_t rows = targets.length;
+      const View<float> logits = typed<float>(info, 0, "logits", napi_float32_array, checked_product({rows, V}, "logits"));
+      const View<float> d = typed<float>(info, 2, "dlogits", napi_float32_array, rows * V, true);
+      const double weight = info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : NAN;
+      if (!std::isfinite(weight)) throw Error(Code::Value, "weight: expected a finite number, received " + describe(info[3]));
+      return run(info, [=] { return specula::cross_entropy(logits.data, targets.data, rows, V, d.data, float(weight), nullptr); },
+                 true);
+    });
+  }
+  // adamw(Float64Array [lr, beta1, beta2, eps, weightDecay, maxGradNorm]) -> Promise<grad norm>
+  Napi::Value AdamW(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      specula::Trainer& t = ready("adamw");
+      const View<double> o = typed<double>(info, 0, "options", napi_float64_array, 6);
+      specula::AdamWOptions a;
+      a.lr = o.data[0];
+      a.beta1 = o.data[1];
+      a.beta2 = o.data[2];
+      a.eps = o.data[3];
+      a.weight_decay = o.data[4];
+      a.max_grad_norm = o.data[5];
+      specula::Trainer* tp = &t;
+      return run(info, [=] { return tp->adamw(a); }, true);
+    });
+  }
+  Napi::Value Flops(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      return Napi::Number::New(info.Env(), ready("flops").flops(dim(info, 0, "batch"), dim(info, 1, "seq")));
+    });
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    if (state_ && state_->busy) {
+      make_error(info.Env(), "E_STATE", "dispose: a call is still running; await it first").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    state_.reset();
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<TrainerState> state_;
+};
+
 // loadModel(config, files: string[], tensors) -> Promise<NativeModel>
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -920,6 +1104,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Function engine_class = NativeEngine::Define(env);
   data->engine_ctor = Napi::Persistent(engine_class);
   exports.Set("NativeEngine", engine_class);
+  exports.Set("NativeTrainer", NativeTrainer::Define(env));
   exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
   exports.Set("fmaPeak", Napi::Function::New(env, FmaPeak, "fmaPeak"));
   return exports;

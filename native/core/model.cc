@@ -9,6 +9,7 @@
 #include <string>
 
 #include "error.h"
+#include "matmul.h"
 #include "thread_pool.h"
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -325,9 +326,6 @@ void KvCache::truncate(size_t seq, size_t length) {
 
 void KvCache::reset() { lengths_.assign(lengths_.size(), 0); }
 
-namespace {
-
-// One parallel_for over column blocks of several independent matrix products.
 void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_list<size_t> ns) {
   // Columns per task, a multiple of 16 (the widest tile): 64 in general, 128 for few rows
   // (decoding streams the weights: longer runs per task measured 3-5% faster; 32 and 256
@@ -355,6 +353,8 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
     k.matmul(*b.a, b.n0, b.n1, s);
   });
 }
+
+namespace {
 
 simd::MatmulArgs mm(const float* x, size_t ldx, size_t rows, const WeightView& w, const std::vector<float>& bias,
                     float* y, size_t ldy, bool accumulate) {
