@@ -2,7 +2,7 @@
 /**
  * The `specula` command line: `generate` (speculative decoding with a target and a draft
  * model), `init-model` (a random-initialised model directory) and `demo` (the
- * verification kernel on synthetic logits). Later issues add train, distill and bench.
+ * verification kernel on synthetic logits), and train / distill / eval-alignment (cli-train.ts).
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { SpeculativeDecoder, type GenerateOptions, type GenerationStats } from './engine/decoder.js';
@@ -10,6 +10,7 @@ import { SpeculaError } from './errors.js';
 import { initModel, PRESETS, type PresetName, type WeightDType } from './model/init.js';
 import { runtimeInfo, setThreads, version } from './runtime.js';
 import { sample, verify, type SamplingParams } from './sampling.js';
+import { addTrainingCommands } from './cli-train.js';
 
 function integer(min: number) {
   return (value: string): number => {
@@ -230,6 +231,8 @@ program
   .addOption(new Option('--dtype <type>', 'weight dtype').choices(['f32', 'f16', 'bf16']).default('f32'))
   .option('--init-std <s>', 'standard deviation of the weights (default 0.02)', real(0, 10))
   .action((opts: InitCliOptions) => initModelCmd(opts));
+
+addTrainingCommands(program, integer, real);
 
 try {
   await program.parseAsync(process.argv);

@@ -31,3 +31,8 @@ export {
   type Dataset, type DatasetRecord, type DatasetShape, type LoadDatasetOptions,
 } from './data/dataset.js';
 export { Trainer, cosineLr, type AdamWOptions } from './train/trainer.js';
+export {
+  train, distill, evalAlignment, DEFAULT_EVAL_TEMPERATURES,
+  type TrainOptions, type DistillOptions, type EvalAlignmentOptions, type AlignmentTable, type AlignmentRow,
+  type RunResult, type StepReport, type EvalReport, type RunInfo, type DataSource, type CommonOptions,
+} from './train/run.js';

@@ -128,6 +128,8 @@ export interface NativeTrainer {
   /** [lr, beta1, beta2, eps, weightDecay, maxGradNorm] -> the gradient norm before clipping. */
   adamw(options: Float64Array): Promise<number>;
   flops(batch: number, seq: number): number;
+  /** [forwardMs, backwardMs, matmulMs, matmulFlops] of the last forward + backward. */
+  timing(): Float64Array;
   dispose(): void;
 }
 

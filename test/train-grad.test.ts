@@ -127,7 +127,7 @@ describe('cross-entropy and AdamW', () => {
       const m = Math.max(...z);
       const lse = m + Math.log(z.reduce((a, v) => a + Math.exp(v - m), 0));
       want += lse - z[targets[t]!]!;
-      for (let j = 0; j < V; ++j) wantGrad[t * V + j] += (0.5 * (Math.exp(z[j]! - lse) - (j === targets[t] ? 1 : 0))) / n;
+      for (let j = 0; j < V; ++j) wantGrad[t * V + j] = wantGrad[t * V + j]! + (0.5 * (Math.exp(z[j]! - lse) - (j === targets[t] ? 1 : 0))) / n;
     }
     expect(Math.abs(loss - want / n)).toBeLessThan(1e-5 * (want / n));
     for (let i = 0; i < d.length; ++i) expect(Math.abs(d[i]! - wantGrad[i]!)).toBeLessThan(1e-6);

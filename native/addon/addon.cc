@@ -842,6 +842,7 @@ class NativeTrainer : public Napi::ObjectWrap<NativeTrainer> {
                         InstanceMethod("backward", &NativeTrainer::Backward),
                         InstanceMethod("crossEntropy", &NativeTrainer::CrossEntropy),
                         InstanceMethod("adamw", &NativeTrainer::AdamW), InstanceMethod("flops", &NativeTrainer::Flops),
+                        InstanceMethod("timing", &NativeTrainer::Timing),
                         InstanceMethod("dispose", &NativeTrainer::Dispose)});
   }
   // new NativeTrainer(model: NativeModel)
@@ -993,6 +994,18 @@ class NativeTrainer : public Napi::ObjectWrap<NativeTrainer> {
   Napi::Value Flops(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
       return Napi::Number::New(info.Env(), ready("flops").flops(dim(info, 0, "batch"), dim(info, 1, "seq")));
+    });
+  }
+  // timing() -> [forwardMs, backwardMs, matmulMs, matmulFlops] of the last forward + backward
+  Napi::Value Timing(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const specula::TrainTiming& t = ready("timing").timing();
+      Napi::Float64Array a = Napi::Float64Array::New(info.Env(), 4);
+      a[0] = t.forward_s * 1e3;
+      a[1] = t.backward_s * 1e3;
+      a[2] = t.matmul_s * 1e3;
+      a[3] = t.matmul_flops;
+      return a;
     });
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <new>
 
 #include "error.h"
@@ -100,6 +101,19 @@ void rmsnorm_back_weight(const float* x, const float* r, const float* da, size_t
     const float rt = r[t];
     for (size_t j = 0; j < n; ++j) dw[j] += dt[j] * (xt[j] * rt);
   }
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// run_matmuls, with its wall time and flops added to `tm`.
+void timed_mm(TrainTiming& tm, std::initializer_list<simd::MatmulArgs> list, std::initializer_list<size_t> ns) {
+  const auto t0 = std::chrono::steady_clock::now();
+  run_matmuls(list, ns);
+  tm.matmul_s += seconds_since(t0);
+  auto n = ns.begin();
+  for (const simd::MatmulArgs& a : list) tm.matmul_flops += 2.0 * double(a.rows) * double(a.k) * double(*n++);
 }
 
 }  // namespace
@@ -284,6 +298,8 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
       }
     acts_ = std::move(a);
   }
+  timing_ = TrainTiming{};
+  const auto t_start = std::chrono::steady_clock::now();
   refresh_transposes();
   Acts& A = *acts_;
   A.tokens.assign(tokens, tokens + T);
@@ -318,7 +334,7 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
     float* q = A.at(Y.q);
     float* k = A.at(Y.k);
     float* v = A.at(Y.v);
-    run_matmuls({mmf(a1, H, T, H, W(base + 1), H, q, qd, false), mmf(a1, H, T, H, W(base + 2), H, k, kvd, false),
+    timed_mm(timing_, {mmf(a1, H, T, H, W(base + 1), H, q, qd, false), mmf(a1, H, T, H, W(base + 2), H, k, kvd, false),
                  mmf(a1, H, T, H, W(base + 3), H, v, kvd, false)},
                 {qd, kvd, kvd});
     rows_parallel(T, qd + kvd, [&](size_t t) {
@@ -353,13 +369,13 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
     });
     float* xm = A.at(Y.xm);
     std::memcpy(xm, X, T * H * 4);
-    run_matmuls({mmf(att, qd, T, qd, W(base + 4), qd, xm, H, true)}, {H});
+    timed_mm(timing_, {mmf(att, qd, T, qd, W(base + 4), qd, xm, H, true)}, {H});
     float* a2 = A.at(Y.a2);
     float* r2 = A.at(Y.r2);
     rows_parallel(T, H, [&](size_t t) { r2[t] = rmsnorm_row(xm + t * H, W(base + 5), H, eps, a2 + t * H); });
     float* gg = A.at(Y.g);
     float* uu = A.at(Y.u);
-    run_matmuls({mmf(a2, H, T, H, W(base + 6), H, gg, I, false), mmf(a2, H, T, H, W(base + 7), H, uu, I, false)}, {I, I});
+    timed_mm(timing_, {mmf(a2, H, T, H, W(base + 6), H, gg, I, false), mmf(a2, H, T, H, W(base + 7), H, uu, I, false)}, {I, I});
     float* sg = A.at(Y.sg);
     float* mm = A.at(Y.m);
     rows_parallel(T, I * 4, [&](size_t t) {
@@ -369,7 +385,7 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
       for (size_t j = 0; j < I; ++j) mm[t * I + j] = sg[t * I + j] * uu[t * I + j];
     });
     std::memcpy(Xn, xm, T * H * 4);
-    run_matmuls({mmf(mm, I, T, I, W(base + 8), I, Xn, H, true)}, {H});
+    timed_mm(timing_, {mmf(mm, I, T, I, W(base + 8), I, Xn, H, true)}, {H});
   }
   const float* XL = A.at(A.xs + L * T * H);
   float* af = A.at(A.af);
@@ -377,7 +393,8 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
   const size_t norm_t = 1 + L * 9;
   const size_t lm_t = c.tie_embeddings ? 0 : norm_t + 1;
   rows_parallel(T, H, [&](size_t t) { rf[t] = rmsnorm_row(XL + t * H, W(norm_t), H, eps, af + t * H); });
-  run_matmuls({mmf(af, H, T, H, W(lm_t), H, logits, V, false)}, {V});
+  timed_mm(timing_, {mmf(af, H, T, H, W(lm_t), H, logits, V, false)}, {V});
+  timing_.forward_s = seconds_since(t_start);
 }
 
 void Trainer::backward(const float* dlogits) {
@@ -387,6 +404,7 @@ void Trainer::backward(const float* dlogits) {
   const size_t B = A.B, S = A.S, T = A.T;
   const size_t H = c.hidden, I = c.intermediate, hd = c.head_dim, half = hd / 2, V = c.vocab;
   const size_t qd = c.heads * hd, kvd = c.kv_heads * hd, group = c.heads / c.kv_heads, L = c.layers;
+  const auto t_start = std::chrono::steady_clock::now();
   refresh_transposes();
   const simd::Kernels& K = simd::kernels();
   const float* P = params_.data();
@@ -408,7 +426,7 @@ void Trainer::backward(const float* dlogits) {
   const float* af = A.at(A.af);
   transpose(dlogits, T, V, V, ty, T);
   transpose(af, T, H, H, tx, T);
-  run_matmuls({mmf(ty, T, V, T, tx, T, Gr(lm_t), H, false), mmf(dlogits, V, T, V, Wt(lm_t), V, da, H, false)}, {H, H});
+  timed_mm(timing_, {mmf(ty, T, V, T, tx, T, Gr(lm_t), H, false), mmf(dlogits, V, T, V, Wt(lm_t), V, da, H, false)}, {H, H});
   // Final norm.
   const float* XL = A.at(A.xs + L * T * H);
   const float* rf = A.at(A.rf);
@@ -430,7 +448,7 @@ void Trainer::backward(const float* dlogits) {
     float* du = A.at(A.du);
     transpose(dx, T, H, H, ty, T);
     transpose(mm, T, I, I, tx, T);
-    run_matmuls({mmf(ty, T, H, T, tx, T, Gr(base + 8), I, false), mmf(dx, H, T, H, Wt(base + 8), H, dm, I, false)}, {I, I});
+    timed_mm(timing_, {mmf(ty, T, H, T, tx, T, Gr(base + 8), I, false), mmf(dx, H, T, H, Wt(base + 8), H, dm, I, false)}, {I, I});
     rows_parallel(T, I, [&](size_t t) {
       for (size_t j = t * I, e = j + I; j < e; ++j) {
         const float gv = gg[j], s = sg[j];
@@ -441,10 +459,10 @@ void Trainer::backward(const float* dlogits) {
     });
     transpose(dg, T, I, I, ty, T);
     transpose(a2, T, H, H, tx, T);
-    run_matmuls({mmf(ty, T, I, T, tx, T, Gr(base + 6), H, false)}, {H});
+    timed_mm(timing_, {mmf(ty, T, I, T, tx, T, Gr(base + 6), H, false)}, {H});
     transpose(du, T, I, I, ty, T);
-    run_matmuls({mmf(ty, T, I, T, tx, T, Gr(base + 7), H, false), mmf(dg, I, T, I, Wt(base + 6), I, da, H, false)}, {H, H});
-    run_matmuls({mmf(du, I, T, I, Wt(base + 7), I, da, H, true)}, {H});
+    timed_mm(timing_, {mmf(ty, T, I, T, tx, T, Gr(base + 7), H, false), mmf(dg, I, T, I, Wt(base + 6), I, da, H, false)}, {H, H});
+    timed_mm(timing_, {mmf(du, I, T, I, Wt(base + 7), I, da, H, true)}, {H});
     const float* xm = A.at(Y.xm);
     const float* r2 = A.at(Y.r2);
     std::memcpy(dxm, dx, T * H * 4);
@@ -456,7 +474,7 @@ void Trainer::backward(const float* dlogits) {
     float* datt = A.at(A.datt);
     transpose(dxm, T, H, H, ty, T);
     transpose(att, T, qd, qd, tx, T);
-    run_matmuls({mmf(ty, T, H, T, tx, T, Gr(base + 4), qd, false), mmf(dxm, H, T, H, Wt(base + 4), H, datt, qd, false)},
+    timed_mm(timing_, {mmf(ty, T, H, T, tx, T, Gr(base + 4), qd, false), mmf(dxm, H, T, H, Wt(base + 4), H, datt, qd, false)},
                 {qd, qd});
     const float* q = A.at(Y.q);
     const float* k = A.at(Y.k);
@@ -521,13 +539,13 @@ void Trainer::backward(const float* dlogits) {
     const float* a1 = A.at(Y.a1);
     transpose(a1, T, H, H, tx, T);
     transpose(dq, T, qd, qd, ty, T);
-    run_matmuls({mmf(ty, T, qd, T, tx, T, Gr(base + 1), H, false), mmf(dq, qd, T, qd, Wt(base + 1), qd, da, H, false)}, {H, H});
+    timed_mm(timing_, {mmf(ty, T, qd, T, tx, T, Gr(base + 1), H, false), mmf(dq, qd, T, qd, Wt(base + 1), qd, da, H, false)}, {H, H});
     transpose(dk, T, kvd, kvd, ty, T);
-    run_matmuls({mmf(ty, T, kvd, T, tx, T, Gr(base + 2), H, false)}, {H});
-    run_matmuls({mmf(dk, kvd, T, kvd, Wt(base + 2), kvd, da, H, true)}, {H});
+    timed_mm(timing_, {mmf(ty, T, kvd, T, tx, T, Gr(base + 2), H, false)}, {H});
+    timed_mm(timing_, {mmf(dk, kvd, T, kvd, Wt(base + 2), kvd, da, H, true)}, {H});
     transpose(dv, T, kvd, kvd, ty, T);
-    run_matmuls({mmf(ty, T, kvd, T, tx, T, Gr(base + 3), H, false)}, {H});
-    run_matmuls({mmf(dv, kvd, T, kvd, Wt(base + 3), kvd, da, H, true)}, {H});
+    timed_mm(timing_, {mmf(ty, T, kvd, T, tx, T, Gr(base + 3), H, false)}, {H});
+    timed_mm(timing_, {mmf(dv, kvd, T, kvd, Wt(base + 3), kvd, da, H, true)}, {H});
     const float* r1 = A.at(Y.r1);
     std::memcpy(dx, dxm, T * H * 4);
     rows_parallel(T, H, [&](size_t t) { rmsnorm_back_row(X + t * H, r1[t], W(base), da + t * H, H, dx + t * H, true); });
@@ -542,6 +560,7 @@ void Trainer::backward(const float* dlogits) {
     const float* d = dx + t * H;
     for (size_t j = 0; j < H; ++j) row[j] += d[j];
   }
+  timing_.backward_s = seconds_since(t_start);
 }
 
 double Trainer::adamw(const AdamWOptions& o) {
@@ -627,7 +646,7 @@ double cross_entropy(const float* logits, const int32_t* targets, size_t rows, s
     }
   });
   for (size_t r = 0; r < rows; ++r)
-    if (bad[r]) throw Error(Code::Value, "logits: row " + std::to_string(r) + " has a non-finite value");
+    if (bad[r]) return std::numeric_limits<double>::quiet_NaN();
   double s = 0;
   for (size_t r = 0; r < rows; ++r) s += losses[r];
   return s / double(n);

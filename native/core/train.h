@@ -33,6 +33,11 @@ struct ParamTensor {
   bool matrix = false;  // 2-D: weight decay applies (not to the RMSNorm weights)
 };
 
+// Where the time of the last forward + backward went (seconds; flops of the matmuls).
+struct TrainTiming {
+  double forward_s = 0, backward_s = 0, matmul_s = 0, matmul_flops = 0;
+};
+
 struct AdamWOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   double max_grad_norm = 0.0;  // 0 = no clipping
@@ -76,6 +81,8 @@ class Trainer {
   // Floating-point operations of one forward + backward of batch x seq tokens (matmuls
   // and attention as computed, causal positions included): the benchmark's count.
   double flops(size_t batch, size_t seq) const;
+  // The last forward + backward's timing (reset by forward()).
+  const TrainTiming& timing() const { return timing_; }
 
  private:
   struct Acts;
@@ -88,13 +95,15 @@ class Trainer {
   std::vector<float> inv_freq_;
   uint64_t step_ = 0;
   bool wt_dirty_ = true;
+  TrainTiming timing_;
   std::unique_ptr<Acts> acts_;
 };
 
 // Mean next-token cross-entropy over the rows with targets[r] >= 0 (others ignored):
 // -log softmax(logits[r])[targets[r]]. When dlogits is not null, adds weight * d mean /
 // d logits to it. Returns the mean (0 when no row counts) and the count in *counted.
-// Throws E_VALUE for a target past the vocabulary or non-finite logits.
+// Throws E_VALUE for a target past the vocabulary; returns NaN when a counted row has a
+// non-finite logit (the caller stops training; dlogits is then partly written).
 double cross_entropy(const float* logits, const int32_t* targets, size_t rows, size_t vocab, float* dlogits,
                      float weight, size_t* counted);
 

@@ -233,7 +233,8 @@ function statsOf(s: Sequence, gamma: number): GenerationStats {
 }
 
 /** Checks that two tokenizers agree on every id and on the special tokens. */
-function checkVocabularies(target: Model, draft: Model): void {
+/** Throws E_UNSUPPORTED naming the first difference between two models' vocabularies. */
+export function checkVocabularies(target: Model, draft: Model): void {
   const mismatch = (what: string) => {
     throw new SpeculaError('E_UNSUPPORTED', `target and draft vocabularies differ: ${what}`);
   };

@@ -96,6 +96,12 @@ export class Trainer {
     return this.#live('flops').flops(batch, seq);
   }
 
+  /** Wall time of the last forward and backward, and of the matmuls inside them (with their flops). */
+  timing(): { forwardMs: number; backwardMs: number; matmulMs: number; matmulFlops: number } {
+    const t = this.#live('timing').timing();
+    return { forwardMs: t[0]!, backwardMs: t[1]!, matmulMs: t[2]!, matmulFlops: t[3]! };
+  }
+
   /** A copy of a flat array: 'params', 'grads', 'm' or 'v'. */
   read(which: 'params' | 'grads' | 'm' | 'v'): Float32Array {
     const out = new Float32Array(this.size);
