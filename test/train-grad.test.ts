@@ -106,6 +106,46 @@ describe('backward pass = finite differences of the float64 reference', () => {
   }
 });
 
+describe('long sequences (past the 64-row causal blocks of attention)', () => {
+  it('S = 150: logits equal the reference; sampled gradient entries of every tensor equal finite differences', async () => {
+    const dir = path.join(root, 'long');
+    await initModel(dir, { config: { ...CONFIGS.gqa, maxPositionEmbeddings: 256 }, seed: 12, initStd: 0.35 });
+    const model = await loadModel(dir, { threads: 2 });
+    const trainer = new Trainer(model);
+    const ref = loadReferenceModel(dir);
+    const S = 150, V = CONFIGS.gqa.vocabSize;
+    const r = rng(21);
+    const seqs = [Array.from({ length: S }, () => Math.floor(r() * 40))];
+    const w = new Float64Array(S * V).map(() => r() * 2 - 1);
+    const logits = await trainer.forward(Int32Array.from(seqs[0]!), 1, S);
+    const z = referenceLogits(ref, seqs[0]!);
+    let maxErr = 0;
+    for (let i = 0; i < z.length; ++i) maxErr = Math.max(maxErr, Math.abs(z[i]! - logits[i]!));
+    expect(maxErr).toBeLessThan(5e-5);
+    await trainer.backward(Float32Array.from(w));
+    const grads = trainer.read('grads');
+    const h = 1e-4;
+    for (const t of trainer.tensors) {
+      const p = ref.weights.get(t.name)!;
+      const n = t.rows * t.cols;
+      const idx = t.name.includes('embed') ? Array.from({ length: 12 }, (_, i) => (i % 40) * t.cols + Math.floor(r() * t.cols))
+        : Array.from({ length: 12 }, () => Math.floor(r() * n));
+      for (const i of idx) {
+        const x = p[i]!;
+        p[i] = x + h;
+        const up = refLoss(ref, seqs, w);
+        p[i] = x - h;
+        const down = refLoss(ref, seqs, w);
+        p[i] = x;
+        const fd = (up - down) / (2 * h);
+        expect(Math.abs(grads[t.offset + i]! - fd), `${t.name}[${i}]`).toBeLessThanOrEqual(2e-4 * Math.abs(fd) + 2e-3);
+      }
+    }
+    trainer.dispose();
+    model.dispose();
+  }, 120_000);
+});
+
 describe('cross-entropy and AdamW', () => {
   it('cross-entropy and its gradient equal a float64 recomputation; -1 targets are ignored', async () => {
     const dir = path.join(root, 'ce');
@@ -182,12 +222,12 @@ describe('cross-entropy and AdamW', () => {
 
   it('a forward + backward gives the same bits on 1 and 2 threads', async () => {
     const dir = path.join(root, 'threads');
-    await initModel(dir, { config: { ...CONFIGS.gqa, hiddenSize: 64, intermediateSize: 96, headDim: 16 }, seed: 8 });
+    await initModel(dir, { config: { ...CONFIGS.gqa, hiddenSize: 64, intermediateSize: 96, headDim: 16, maxPositionEmbeddings: 256 }, seed: 8 });
     const model = await loadModel(dir);
     const run = async (threads: number) => {
       setThreads(threads);
       const trainer = new Trainer(model);
-      const B = 3, S = 40, V = CONFIGS.gqa.vocabSize;
+      const B = 3, S = 140, V = CONFIGS.gqa.vocabSize;
       const tokens = Int32Array.from({ length: B * S }, (_, i) => (i * 7 + 3) % V);
       const logits = await trainer.forward(tokens, B, S);
       const targets = Int32Array.from({ length: B * S }, (_, i) => (i * 5 + 1) % V);

@@ -7,7 +7,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cosineLr, distill, evalAlignment, initModel, loadModel, train, type StepReport } from '../src/index.js';
 import { loadReferenceModel, referenceLogits } from '../src/reference/index.js';
+import { byteTokenizerJson } from '../src/model/tokenizer.js';
 import { documentTokens, heldOutBatches, loadCorpus, windowBatch } from '../src/train/data.js';
+import { mkdirSync } from 'node:fs';
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'specula-train-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -105,6 +107,32 @@ describe('train', () => {
     expect(readFileSync(path.join(out, 'model.safetensors')).equals(model)).toBe(true);
     expect(JSON.parse(readFileSync(path.join(out, 'trainer_state.json'), 'utf8')).step).toBe(2);
   }, 60_000);
+
+  it('--tokenizer DIR: the vocabulary, special ids and tokenizer files come from that directory', async () => {
+    const tokDir = path.join(root, 'bpe');
+    mkdirSync(tokDir, { recursive: true });
+    const base = byteTokenizerJson().json as { model: { vocab: Record<string, number> } } & Record<string, unknown>;
+    const vocab: Record<string, number> = { ...base.model.vocab };
+    const merges = ['W h', 'Wh a', 'Wha t', 'p l', 'pl u', 'plu s'];
+    let next = 256;
+    for (const m of merges) vocab[m.replace(' ', '')] = next++;
+    vocab['<|endoftext|>'] = next;
+    const json = {
+      ...base, added_tokens: [{ id: next, content: '<|endoftext|>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }],
+      post_processor: null, model: { ...(base.model as object), vocab, merges },
+    };
+    writeFileSync(path.join(tokDir, 'tokenizer.json'), JSON.stringify(json));
+    writeFileSync(path.join(tokDir, 'tokenizer_config.json'), JSON.stringify({ eos_token: '<|endoftext|>', bos_token: null }));
+    const out = path.join(root, 'bpe-run');
+    await train({ ...BASE, steps: 3, corpus, config: SMALL, tokenizer: tokDir, out });
+    const cfg = JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8')) as { vocab_size: number; eos_token_id: number; bos_token_id: number | null };
+    expect(cfg.vocab_size).toBe(263);
+    expect(cfg.eos_token_id).toBe(262);
+    expect(cfg.bos_token_id).toBe(null);
+    const m = await loadModel(out);
+    expect(Array.from(m.tokenizer.encode('What', { addSpecialTokens: false }))).toEqual([258]);
+    m.dispose();
+  });
 
   it('bad input: missing or empty corpus, invalid config, bad numbers', async () => {
     const out = path.join(root, 'bad');

@@ -17,6 +17,9 @@ namespace {
 
 size_t round16(size_t n) { return (n + 15) / 16 * 16; }
 
+// Attention skips the products above the diagonal in blocks of this many rows.
+constexpr size_t kCausalBlock = 64;
+
 // y (rows, n) [+]= x (rows, k) w^T with w (n, k), all f32.
 simd::MatmulArgs mmf(const float* x, size_t ldx, size_t rows, size_t k, const float* w, size_t ldw, float* y,
                      size_t ldy, bool accumulate) {
@@ -217,7 +220,8 @@ double Trainer::flops(size_t batch, size_t seq) const {
   const double H = double(c.hidden), I = double(c.intermediate), qd = double(c.heads * c.head_dim),
                kvd = double(c.kv_heads * c.head_dim);
   const double per_token = 2.0 * (double(c.layers) * (H * qd * 2 + H * kvd * 2 + 3 * H * I) + H * double(c.vocab));
-  const double attn = double(c.layers) * double(batch) * double(c.heads) * 2.0 * double(seq) * double(seq) * double(c.head_dim);
+  // Attention: the causal products only (positions j <= i), not what the blocks compute.
+  const double attn = double(c.layers) * double(batch) * double(c.heads) * 2.0 * double(seq) * double(seq + 1) / 2.0 * double(c.head_dim);
   return 3.0 * per_token * T + 6.0 * attn;  // forward + two products per matmul backward; 2 + 4 attention products
 }
 
@@ -280,8 +284,8 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
     a->dk = take(T * kvd);
     a->dv = take(T * kvd);
     const size_t widest = std::max({H, I, qd, V});
-    a->ty = take(T * widest);
-    a->tx = take(T * widest);
+    a->ty = take((T + 16) * widest);
+    a->tx = take((T + 16) * widest);
     try {
       a->mem.assign_zero(n);
     } catch (const std::bad_alloc&) {
@@ -353,8 +357,11 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
       for (size_t h = g * group; h < (g + 1) * group; ++h) {
         float* pb = pr + (b * c.heads + h) * S * S;
         const float* qh = q + b * S * qd + h * hd;
-        const simd::MatmulArgs ms = mmf(qh, qd, S, hd, kg, kvd, pb, S, false);
-        K.matmul(ms, 0, S, nullptr);
+        // Causal: row block [r0, r1) needs the columns below r1 only.
+        for (size_t r0 = 0; r0 < S; r0 += kCausalBlock) {
+          const size_t r1 = std::min(S, r0 + kCausalBlock);
+          K.matmul(mmf(qh + r0 * qd, qd, r1 - r0, hd, kg, kvd, pb + r0 * S, S, false), 0, r1, nullptr);
+        }
         for (size_t i = 0; i < S; ++i) {
           float* row = pb + i * S;
           bool bad = false;
@@ -363,8 +370,10 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
           K.scale(row, i + 1, 1.0f / sum);
           std::fill(row + i + 1, row + S, 0.0f);
         }
-        const simd::MatmulArgs mo = mmf(pb, S, S, S, vt.data(), S, att + b * S * qd + h * hd, qd, false);
-        K.matmul(mo, 0, hd, nullptr);
+        for (size_t r0 = 0; r0 < S; r0 += kCausalBlock) {
+          const size_t r1 = std::min(S, r0 + kCausalBlock);
+          K.matmul(mmf(pb + r0 * S, S, r1 - r0, r1, vt.data(), S, att + (b * S + r0) * qd + h * hd, qd, false), 0, hd, nullptr);
+        }
       }
     });
     float* xm = A.at(Y.xm);
@@ -416,6 +425,9 @@ void Trainer::backward(const float* dlogits) {
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const size_t norm_t = 1 + L * 9;
   const size_t lm_t = c.tie_embeddings ? 0 : norm_t + 1;
+  // Transposed operands, rows of T + 16 floats: a power-of-two T would put the 16 rows
+  // that a transpose block writes into one L1 set.
+  const size_t LT = T + 16;
   float* ty = A.at(A.ty);
   float* tx = A.at(A.tx);
   float* dx = A.at(A.dx);
@@ -424,9 +436,9 @@ void Trainer::backward(const float* dlogits) {
 
   // LM head: logits = af Wlm^T.
   const float* af = A.at(A.af);
-  transpose(dlogits, T, V, V, ty, T);
-  transpose(af, T, H, H, tx, T);
-  timed_mm(timing_, {mmf(ty, T, V, T, tx, T, Gr(lm_t), H, false), mmf(dlogits, V, T, V, Wt(lm_t), V, da, H, false)}, {H, H});
+  transpose(dlogits, T, V, V, ty, LT);
+  transpose(af, T, H, H, tx, LT);
+  timed_mm(timing_, {mmf(ty, LT, V, T, tx, LT, Gr(lm_t), H, false), mmf(dlogits, V, T, V, Wt(lm_t), V, da, H, false)}, {H, H});
   // Final norm.
   const float* XL = A.at(A.xs + L * T * H);
   const float* rf = A.at(A.rf);
@@ -446,9 +458,9 @@ void Trainer::backward(const float* dlogits) {
     float* dm = A.at(A.dm);
     float* dg = A.at(A.dg);
     float* du = A.at(A.du);
-    transpose(dx, T, H, H, ty, T);
-    transpose(mm, T, I, I, tx, T);
-    timed_mm(timing_, {mmf(ty, T, H, T, tx, T, Gr(base + 8), I, false), mmf(dx, H, T, H, Wt(base + 8), H, dm, I, false)}, {I, I});
+    transpose(dx, T, H, H, ty, LT);
+    transpose(mm, T, I, I, tx, LT);
+    timed_mm(timing_, {mmf(ty, LT, H, T, tx, LT, Gr(base + 8), I, false), mmf(dx, H, T, H, Wt(base + 8), H, dm, I, false)}, {I, I});
     rows_parallel(T, I, [&](size_t t) {
       for (size_t j = t * I, e = j + I; j < e; ++j) {
         const float gv = gg[j], s = sg[j];
@@ -457,11 +469,11 @@ void Trainer::backward(const float* dlogits) {
         dg[j] = dm[j] * uu[j] * (sig + s * (1.0f - sig));
       }
     });
-    transpose(dg, T, I, I, ty, T);
-    transpose(a2, T, H, H, tx, T);
-    timed_mm(timing_, {mmf(ty, T, I, T, tx, T, Gr(base + 6), H, false)}, {H});
-    transpose(du, T, I, I, ty, T);
-    timed_mm(timing_, {mmf(ty, T, I, T, tx, T, Gr(base + 7), H, false), mmf(dg, I, T, I, Wt(base + 6), I, da, H, false)}, {H, H});
+    transpose(dg, T, I, I, ty, LT);
+    transpose(a2, T, H, H, tx, LT);
+    timed_mm(timing_, {mmf(ty, LT, I, T, tx, LT, Gr(base + 6), H, false)}, {H});
+    transpose(du, T, I, I, ty, LT);
+    timed_mm(timing_, {mmf(ty, LT, I, T, tx, LT, Gr(base + 7), H, false), mmf(dg, I, T, I, Wt(base + 6), I, da, H, false)}, {H, H});
     timed_mm(timing_, {mmf(du, I, T, I, Wt(base + 7), I, da, H, true)}, {H});
     const float* xm = A.at(Y.xm);
     const float* r2 = A.at(Y.r2);
@@ -472,9 +484,9 @@ void Trainer::backward(const float* dlogits) {
     // Attention: xm = X + att Wo^T.
     const float* att = A.at(Y.att);
     float* datt = A.at(A.datt);
-    transpose(dxm, T, H, H, ty, T);
-    transpose(att, T, qd, qd, tx, T);
-    timed_mm(timing_, {mmf(ty, T, H, T, tx, T, Gr(base + 4), qd, false), mmf(dxm, H, T, H, Wt(base + 4), H, datt, qd, false)},
+    transpose(dxm, T, H, H, ty, LT);
+    transpose(att, T, qd, qd, tx, LT);
+    timed_mm(timing_, {mmf(ty, LT, H, T, tx, LT, Gr(base + 4), qd, false), mmf(dxm, H, T, H, Wt(base + 4), H, datt, qd, false)},
                 {qd, qd});
     const float* q = A.at(Y.q);
     const float* k = A.at(Y.k);
@@ -499,10 +511,15 @@ void Trainer::backward(const float* dlogits) {
         const float* pb = pr + (b * c.heads + h) * S * S;
         const float* doh = datt + b * S * qd + h * hd;
         // dP = dO V^T; dV += P^T dO.
-        K.matmul(mmf(doh, qd, S, hd, vg, kvd, dp.data(), S, false), 0, S, nullptr);
+        // Causal: dP row i needs j <= i; dV row j sums over i >= j.
         transpose(pb, S, S, S, tt.data(), S, false);
         transpose(doh, S, hd, qd, dot.data(), S, false);
-        K.matmul(mmf(tt.data(), S, S, S, dot.data(), S, dv + b * S * kvd + g * hd, kvd, !first), 0, hd, nullptr);
+        for (size_t r0 = 0; r0 < S; r0 += kCausalBlock) {
+          const size_t r1 = std::min(S, r0 + kCausalBlock);
+          K.matmul(mmf(doh + r0 * qd, qd, r1 - r0, hd, vg, kvd, dp.data() + r0 * S, S, false), 0, r1, nullptr);
+          K.matmul(mmf(tt.data() + r0 * S + r0, S, r1 - r0, S - r0, dot.data() + r0, S, dv + (b * S + r0) * kvd + g * hd, kvd, !first),
+                   0, hd, nullptr);
+        }
         // dS = P (dP - rowsum(P dP)) scale (0 above the diagonal, where P is 0).
         for (size_t i = 0; i < S; ++i) {
           const float* pi = pb + i * S;
@@ -514,10 +531,15 @@ void Trainer::backward(const float* dlogits) {
           std::fill(di + i + 1, di + S, 0.0f);
         }
         // dQ = dS K; dK += dS^T Q.
-        K.matmul(mmf(dp.data(), S, S, S, kt.data(), S, dq + b * S * qd + h * hd, qd, false), 0, hd, nullptr);
+        // Causal: dQ row i sums over j <= i; dK row j over i >= j.
         transpose(dp.data(), S, S, S, tt.data(), S, false);
         transpose(q + b * S * qd + h * hd, S, hd, qd, qt.data(), S, false);
-        K.matmul(mmf(tt.data(), S, S, S, qt.data(), S, dk + b * S * kvd + g * hd, kvd, !first), 0, hd, nullptr);
+        for (size_t r0 = 0; r0 < S; r0 += kCausalBlock) {
+          const size_t r1 = std::min(S, r0 + kCausalBlock);
+          K.matmul(mmf(dp.data() + r0 * S, S, r1 - r0, r1, kt.data(), S, dq + (b * S + r0) * qd + h * hd, qd, false), 0, hd, nullptr);
+          K.matmul(mmf(tt.data() + r0 * S + r0, S, r1 - r0, S - r0, qt.data() + r0, S, dk + (b * S + r0) * kvd + g * hd, kvd, !first),
+                   0, hd, nullptr);
+        }
       }
     });
     // RoPE backward (the transposed rotation) on dq, dk.
@@ -537,14 +559,14 @@ void Trainer::backward(const float* dlogits) {
       for (size_t g = 0; g < c.kv_heads; ++g) unrope(dk + t * kvd + g * hd, t % S);
     });
     const float* a1 = A.at(Y.a1);
-    transpose(a1, T, H, H, tx, T);
-    transpose(dq, T, qd, qd, ty, T);
-    timed_mm(timing_, {mmf(ty, T, qd, T, tx, T, Gr(base + 1), H, false), mmf(dq, qd, T, qd, Wt(base + 1), qd, da, H, false)}, {H, H});
-    transpose(dk, T, kvd, kvd, ty, T);
-    timed_mm(timing_, {mmf(ty, T, kvd, T, tx, T, Gr(base + 2), H, false)}, {H});
+    transpose(a1, T, H, H, tx, LT);
+    transpose(dq, T, qd, qd, ty, LT);
+    timed_mm(timing_, {mmf(ty, LT, qd, T, tx, LT, Gr(base + 1), H, false), mmf(dq, qd, T, qd, Wt(base + 1), qd, da, H, false)}, {H, H});
+    transpose(dk, T, kvd, kvd, ty, LT);
+    timed_mm(timing_, {mmf(ty, LT, kvd, T, tx, LT, Gr(base + 2), H, false)}, {H});
     timed_mm(timing_, {mmf(dk, kvd, T, kvd, Wt(base + 2), kvd, da, H, true)}, {H});
-    transpose(dv, T, kvd, kvd, ty, T);
-    timed_mm(timing_, {mmf(ty, T, kvd, T, tx, T, Gr(base + 3), H, false)}, {H});
+    transpose(dv, T, kvd, kvd, ty, LT);
+    timed_mm(timing_, {mmf(ty, LT, kvd, T, tx, LT, Gr(base + 3), H, false)}, {H});
     timed_mm(timing_, {mmf(dv, kvd, T, kvd, Wt(base + 3), kvd, da, H, true)}, {H});
     const float* r1 = A.at(Y.r1);
     std::memcpy(dx, dxm, T * H * 4);

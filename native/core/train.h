@@ -78,8 +78,8 @@ class Trainer {
   // nothing and is returned as is (the caller stops).
   double adamw(const AdamWOptions& o);
 
-  // Floating-point operations of one forward + backward of batch x seq tokens (matmuls
-  // and attention as computed, causal positions included): the benchmark's count.
+  // Floating-point operations of one forward + backward of batch x seq tokens: the
+  // matmuls, and attention over the causal positions only (j <= i): the benchmark's count.
   double flops(size_t batch, size_t seq) const;
   // The last forward + backward's timing (reset by forward()).
   const TrainTiming& timing() const { return timing_; }
