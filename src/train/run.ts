@@ -92,7 +92,6 @@ export interface CommonOptions {
 export interface RunInfo {
   data: string;
   parameters: number;
-  teacherParameters?: number;
   trainTokens: number;
   heldOutTokens: number;
   resumedFrom: number;
@@ -510,7 +509,7 @@ export async function distill(opts: DistillOptions): Promise<RunResult> {
       const corpus: Corpus = loadCorpus(o.data as string, teacher.tokenizer, r.seqLen);
       if (source !== 'fixed' && corpus.prompts.length === 0) fail('E_VALUE', 'data', 'a file with prompts', o.data);
       const evalBatches = heldOutBatches(corpus.heldOut, r.batch, r.seqLen, r.evalWindows);
-      opts.onStart?.({ data: corpus.dataset.description, parameters: trainer.parameters, teacherParameters: undefined,
+      opts.onStart?.({ data: corpus.dataset.description, parameters: trainer.parameters,
         trainTokens: corpus.train.length, heldOutTokens: corpus.heldOut.length, resumedFrom: resumed, steps: r.steps });
       const logFile = path.join(r.out, 'train-log.jsonl');
       const dlogits = new Float32Array(r.batch * r.seqLen * V);
