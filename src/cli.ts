@@ -11,6 +11,7 @@ import { initModel, PRESETS, type PresetName, type WeightDType } from './model/i
 import { runtimeInfo, setThreads, version } from './runtime.js';
 import { sample, verify, type SamplingParams } from './sampling.js';
 import { addTrainingCommands } from './cli-train.js';
+import { addBenchCommand } from './cli-bench.js';
 
 function integer(min: number) {
   return (value: string): number => {
@@ -233,6 +234,7 @@ program
   .action((opts: InitCliOptions) => initModelCmd(opts));
 
 addTrainingCommands(program, integer, real);
+addBenchCommand(program, integer);
 
 try {
   await program.parseAsync(process.argv);

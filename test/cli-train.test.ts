@@ -56,6 +56,18 @@ describe('specula train / distill / eval-alignment', () => {
     expect(e.out).toMatch(new RegExp(`\\| ${target.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\| 1\\.000 ± 0\\.000 \\| 1\\.000 ± 0\\.000 \\|`));
   }, 60_000);
 
+  it('bench: a table on stdout, results.jsonl and summary.json in --out; bad --shard is a usage error', () => {
+    const out = path.join(tmp, 'bench');
+    const b = run('bench', '--target', target, '--draft', draft, '--dataset', corpus, '--temperatures', '0,1', '--prompts', '2', '--seeds', '1',
+      '--max-new-tokens', '6', '--out', out);
+    expect(b.code, b.err).toBe(0);
+    expect(b.out).toContain('| draft | T | γ | AR tok/s | spec tok/s | speedup | α | τ | E[accept] | c | predicted |');
+    expect(b.out.trim().split('\n').length).toBe(4);
+    expect(existsSync(path.join(out, 'results.jsonl'))).toBe(true);
+    expect(existsSync(path.join(out, 'summary.json'))).toBe(true);
+    expect(run('bench', '--shard', '3/3', '--out', out).code).toBe(2);
+  }, 60_000);
+
   it('usage errors exit 2; bad input exits 1 with the code', () => {
     expect(run('train', '--corpus', corpus, '--steps', '2', '--out', path.join(tmp, 'x')).code).toBe(1); // neither --preset nor --config
     expect(run('train', '--corpus', corpus, '--preset', 'tiny', '--steps', 'many', '--out', path.join(tmp, 'x')).code).toBe(2);

@@ -70,3 +70,34 @@ describe('runStudy', () => {
     expect(res[0]!.summary.expectedAcceptance.mean).toBeCloseTo(res[0]!.summary.alpha.mean, 12);
   }, 60_000);
 });
+
+describe('bench (results.jsonl and summary.json)', () => {
+  it('writes one record per cell with configuration, machine and raw runs; shards split the cells; a bad dataset names its line', async () => {
+    const { bench } = await import('../src/bench/run.js');
+    const { readFileSync, writeFileSync } = await import('node:fs');
+    const pair = await makePair(root);
+    const prompts = path.join(root, 'prompts.txt');
+    writeFileSync(prompts, 'Hello\nThe cat\nOnce upon\n');
+    const base = { target: pair.target, drafts: [pair.close, pair.independent], temperatures: [0, 1], gammas: [2], seeds: 1, maxNewTokens: 8, dataset: prompts };
+    const full = await bench({ ...base, out: path.join(root, 'b-full') });
+    expect(full.records.length).toBe(4);
+    const lines = readFileSync(path.join(root, 'b-full', 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.length).toBe(4);
+    expect(lines[0].config.prompts).toEqual({ source: 'prompts.txt: 3 prompts (one per line)', count: 3 });
+    expect(lines[0].runs.length).toBe(3);
+    expect(lines[0].machine.backend).toBe('cpu');
+    const summary = JSON.parse(readFileSync(path.join(root, 'b-full', 'summary.json'), 'utf8'));
+    expect(summary.cells.length).toBe(4);
+    const parts = [];
+    for (let i = 0; i < 3; ++i) parts.push(...(await bench({ ...base, out: path.join(root, `b-${i}`), shard: { index: i, count: 3 } })).records);
+    expect(parts.map((r) => r.config.cell).sort()).toEqual([0, 1, 2, 3]);
+    // The deterministic numbers (tokens and acceptance) agree with the unsharded run.
+    for (const r of parts) {
+      const f = full.records.find((x) => x.config.cell === r.config.cell)!;
+      expect(r.runs.map((x) => [x.specTokens, x.alpha, x.tau, x.expectedAcceptance])).toEqual(f.runs.map((x) => [x.specTokens, x.alpha, x.tau, x.expectedAcceptance]));
+    }
+    const bad = path.join(root, 'bad.jsonl');
+    writeFileSync(bad, '{"question": "a"}\n{"question": \n');
+    await expect(bench({ ...base, dataset: bad, out: path.join(root, 'b-bad') })).rejects.toThrow(/bad\.jsonl:2:/);
+  }, 60_000);
+});
