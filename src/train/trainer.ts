@@ -13,6 +13,7 @@ import type { WeightDType } from '../model/init.js';
 import { Model } from '../model/model.js';
 import { native, type NativeParamTensor, type NativeTrainer } from '../native.js';
 import { fail, isIntegerIn } from '../validate.js';
+import { readSafetensors } from '../model/safetensors.js';
 import { readF32Tensors, writeSafetensorsFile, type TensorData } from './safetensors-write.js';
 
 export interface AdamWOptions {
@@ -141,7 +142,7 @@ export class Trainer {
     if (opts.optimizer !== false) {
       await writeSafetensorsFile(path.join(dir, OPTIMIZER_FILE), [
         ...this.split(params, '.master'), ...this.split(this.read('m'), '.exp_avg'), ...this.split(this.read('v'), '.exp_avg_sq'),
-      ], 'f32', { format: 'specula-adamw' });
+      ], 'f32', { format: 'specula-adamw', step: String(h.step()) });
     }
     await writeFile(path.join(dir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
     await writeFile(path.join(dir, STATE_FILE), `${JSON.stringify({ ...state, step: h.step() }, null, 2)}\n`);
@@ -161,7 +162,12 @@ export class Trainer {
       throw new SpeculaError('E_FORMAT', `${stateFile}: cannot be read as JSON (${(err as Error).message})`);
     }
     if (!isIntegerIn(state.step, 0)) fail('E_FORMAT', `${stateFile}: step`, 'a non-negative integer', state.step);
-    const tensors = await readF32Tensors(path.join(dir, OPTIMIZER_FILE));
+    // The step the optimizer file was written at wins over trainer_state.json's: a crash
+    // between the two writes must not pair new weights with an old step.
+    const optFile = path.join(dir, OPTIMIZER_FILE);
+    const metaStep = Number(readSafetensors(optFile).metadata?.step);
+    if (Number.isInteger(metaStep) && metaStep >= 0) state.step = metaStep;
+    const tensors = await readF32Tensors(optFile);
     const flat = (suffix: string) => {
       const out = new Float32Array(this.size);
       for (const t of this.tensors) {
