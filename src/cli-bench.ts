@@ -12,7 +12,8 @@ import { setThreads } from './runtime.js';
 
 type Parse = (v: string) => number;
 
-function list(integer: boolean) {
+/** A comma-separated list of numbers >= 0 (integers when `integer`): a commander option parser. */
+export function list(integer: boolean) {
   return (value: string): number[] => {
     const xs = value.split(',').map((s) => Number(s.trim()));
     if (xs.length === 0 || xs.some((x) => !Number.isFinite(x) || x < 0 || (integer && !Number.isInteger(x)))) {

@@ -2,7 +2,8 @@
  * The training commands of the `specula` CLI: train, distill, eval-alignment. A progress
  * bar (loss, tokens/s, ETA) on a terminal; one line per 5% of the run elsewhere (logs, CI).
  */
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
+import { list } from './cli-bench.js';
 import cliProgress from 'cli-progress';
 import { SpeculaError } from './errors.js';
 import { PRESETS, type ModelShape, type PresetName, type WeightDType } from './model/init.js';
@@ -20,12 +21,6 @@ function parseConfig(json: string): Partial<ModelShape> {
   } catch (err) {
     throw new SpeculaError('E_ARG', `--config: expected JSON, received ${JSON.stringify(json)} (${(err as Error).message})`);
   }
-}
-
-function numberList(value: string): number[] {
-  const xs = value.split(',').map((s) => Number(s.trim()));
-  if (xs.length === 0 || xs.some((x) => !Number.isFinite(x) || x < 0)) throw new InvalidArgumentError('expected comma-separated numbers >= 0');
-  return xs;
 }
 
 function duration(ms: number): string {
@@ -159,7 +154,7 @@ export function addTrainingCommands(program: Command, integer: (min: number) => 
     .option('--ce-weight <w>', 'mix in next-token cross-entropy: (1 - w) KD + w CE', real(0, 1), 0)
     .option('--data-temperature <t>', 'sampling temperature of generated data (default: the KD temperature)', real(0))
     .option('--refresh-every <n>', 'steps between snapshots of the student for on-policy data', integer(1), 10)
-    .option('--eval-temperatures <list>', 'decoding temperatures of the held-out acceptance evaluation', numberList, DEFAULT_EVAL_TEMPERATURES), integer, real)
+    .option('--eval-temperatures <list>', 'decoding temperatures of the held-out acceptance evaluation', list(false), DEFAULT_EVAL_TEMPERATURES), integer, real)
     .action(async (o: CommonCli & { teacher: string; student?: string; studentConfig?: string; data: string; dataSource: DataSource;
       divergence: Divergence; temperature: number; beta: number; ceWeight: number; dataTemperature?: number; refreshEvery: number;
       evalTemperatures: number[] }) => {
@@ -180,7 +175,7 @@ export function addTrainingCommands(program: Command, integer: (min: number) => 
     .requiredOption('--target <dir>', 'the target model directory')
     .requiredOption('--draft <dirs>', 'draft model directories, comma-separated')
     .requiredOption('--data <path>', 'text: JSONL/JSON (GSM8K, HumanEval, Alpaca seed tasks) or plain text')
-    .option('--temperatures <list>', 'decoding temperatures', numberList, DEFAULT_EVAL_TEMPERATURES)
+    .option('--temperatures <list>', 'decoding temperatures', list(false), DEFAULT_EVAL_TEMPERATURES)
     .option('--seq-len <n>', 'tokens per window', integer(2), 256)
     .option('--windows <n>', 'windows evaluated (consecutive from the start of the data)', integer(1), 64)
     .option('--threads <n>', 'compute threads (default: available cores)', integer(1))

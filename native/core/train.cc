@@ -599,10 +599,9 @@ double Trainer::adamw(const AdamWOptions& o) {
   const float clip = o.max_grad_norm > 0 && norm > o.max_grad_norm ? float(o.max_grad_norm / norm) : 1.0f;
   ++step_;
   const double bc1 = 1.0 - std::pow(o.beta1, double(step_)), bc2 = 1.0 - std::pow(o.beta2, double(step_));
-  const float b1 = float(o.beta1), b2 = float(o.beta2), lr = float(o.lr), eps = float(o.eps);
+  const float b1 = float(o.beta1), b2 = float(o.beta2), eps = float(o.eps);
   const float step_size = float(o.lr / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
   const float decay = float(1.0 - o.lr * o.weight_decay);
-  (void)lr;
   struct Chunk {
     size_t off, n;
     bool matrix;

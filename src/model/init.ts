@@ -9,6 +9,7 @@ import { SpeculaError, withCallerStack } from '../errors.js';
 import { describe, fail, isIntegerIn, knownKeys, object } from '../validate.js';
 import { ARCHITECTURES, parseConfig, type LlamaConfig } from './config.js';
 import { byteTokenizerJson } from './tokenizer.js';
+import { safetensorsHeader } from './safetensors.js';
 
 export type WeightDType = 'f32' | 'f16' | 'bf16';
 
@@ -276,23 +277,10 @@ export async function initModel(dir: string, opts: InitModelOptions): Promise<vo
 
 async function writeSafetensors(file: string, s: ModelShape, dtype: WeightDType, seed: number, std: number): Promise<void> {
   const es = dtype === 'f32' ? 4 : 2;
-  const st = dtype === 'f32' ? 'F32' : dtype === 'f16' ? 'F16' : 'BF16';
-  // Tensors whose size is a multiple of 64 bytes first: with the header padded to 64,
-  // they all start on a cache line (aligned vector loads).
   const all = plan(s);
+  const { head, order } = safetensorsHeader(all, dtype);
+  const tensors = order.map((i) => all[i]!);
   const bytesOf = (t: TensorPlan) => t.shape.reduce((a, b) => a * b, 1) * es;
-  const tensors = [...all.filter((t) => bytesOf(t) % 64 === 0), ...all.filter((t) => bytesOf(t) % 64 !== 0)];
-  const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
-  let off = 0;
-  for (const t of tensors) {
-    header[t.name] = { dtype: st, shape: t.shape, data_offsets: [off, off + bytesOf(t)] };
-    off += bytesOf(t);
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((64 - ((8 + Buffer.byteLength(json)) % 64)) % 64);
-  const head = Buffer.alloc(8 + Buffer.byteLength(json));
-  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
-  head.write(json, 8, 'utf8');
   const fh = await open(file, 'w');
   try {
     await fh.write(head);

@@ -132,3 +132,30 @@ export function readSafetensors(file: string): SafetensorsFile {
     closeSync(fd);
   }
 }
+
+const ST_DTYPE = { f32: 'F32', f16: 'F16', bf16: 'BF16' } as const;
+
+/**
+ * The header of a safetensors file of `tensors` stored as `dtype`, padded to 64 bytes, and
+ * the order their data follow: tensors whose size is a multiple of 64 bytes first, so that
+ * they all start on a cache line (aligned vector loads). initModel and the training checkpoints use it.
+ */
+export function safetensorsHeader(tensors: readonly { name: string; shape: readonly number[] }[], dtype: 'f32' | 'f16' | 'bf16',
+  metadata: Record<string, string> = { format: 'pt' }): { head: Buffer; order: number[] } {
+  const es = dtype === 'f32' ? 4 : 2;
+  const bytesOf = (i: number) => tensors[i]!.shape.reduce((a, b) => a * b, 1) * es;
+  const idx = tensors.map((_, i) => i);
+  const order = [...idx.filter((i) => bytesOf(i) % 64 === 0), ...idx.filter((i) => bytesOf(i) % 64 !== 0)];
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let off = 0;
+  for (const i of order) {
+    header[tensors[i]!.name] = { dtype: ST_DTYPE[dtype], shape: tensors[i]!.shape, data_offsets: [off, off + bytesOf(i)] };
+    off += bytesOf(i);
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((64 - ((8 + Buffer.byteLength(json)) % 64)) % 64);
+  const head = Buffer.alloc(8 + Buffer.byteLength(json));
+  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
+  head.write(json, 8, 'utf8');
+  return { head, order };
+}

@@ -17,10 +17,11 @@ import { SpeculaError, withCallerStack } from '../errors.js';
 import { checkVocabularies, SpeculativeDecoder } from '../engine/decoder.js';
 import { acceptanceRateAsync, kdLossAsync, type Divergence } from '../kd.js';
 import { initModel, PRESETS, type ModelShape, type PresetName, type WeightDType } from '../model/init.js';
-import { loadModel, type Model } from '../model/model.js';
+import { loadModel, type KvCache, type Model } from '../model/model.js';
 import { Tokenizer } from '../model/tokenizer.js';
 import { setThreads, version } from '../runtime.js';
 import { fail, knownKeys, object } from '../validate.js';
+import { estimate } from '../bench/study.js';
 import { heldOutBatches, loadCorpus, pick, windowBatch, type Batch, type Corpus } from './data.js';
 import { cosineLr, STATE_FILE, Trainer } from './trainer.js';
 
@@ -377,14 +378,30 @@ const DIVS: Divergence[] = ['fkl', 'rkl', 'jsd', 'tvd'];
 const SOURCES: DataSource[] = ['fixed', 'teacher', 'student', 'mixed'];
 export const DEFAULT_EVAL_TEMPERATURES = [0, 0.5, 1, 1.5, 2];
 
-/** Teacher logits for a batch, through the runtime's KV cache (any supported architecture). */
-async function batchLogits(model: Model, tokens: Int32Array, rows: number, seqLen: number): Promise<Float32Array> {
-  const cache = model.createCache({ sequences: rows, capacity: seqLen });
-  try {
+/**
+ * Logits of every position of a batch of sequences through the runtime's KV cache (any
+ * supported architecture, Qwen2 included). The cache is kept and reset between calls, so
+ * that a training loop does not allocate and page-fault it every step.
+ */
+class BatchLogits {
+  #cache: KvCache | null = null;
+  constructor(readonly model: Model) {}
+
+  async run(tokens: Int32Array, rows: number, seqLen: number): Promise<Float32Array> {
+    const c = this.#cache;
+    if (!c || c.sequences < rows || c.capacity < seqLen) {
+      c?.dispose();
+      this.#cache = this.model.createCache({ sequences: rows, capacity: seqLen });
+    } else {
+      c.reset();
+    }
     const items = Array.from({ length: rows }, (_, b) => ({ seq: b, tokens: tokens.subarray(b * seqLen, (b + 1) * seqLen), logits: 'all' as const }));
-    return await cache.forward(items);
-  } finally {
-    cache.dispose();
+    return this.#cache!.forward(items);
+  }
+
+  dispose(): void {
+    this.#cache?.dispose();
+    this.#cache = null;
   }
 }
 
@@ -472,6 +489,7 @@ export async function distill(opts: DistillOptions): Promise<RunResult> {
       beta, ceWeight, dataTemperature: dataT,
     });
     const teacher = await loadModel(o.teacher as string);
+    const teacherLogits = new BatchLogits(teacher);
     let student: Awaited<ReturnType<typeof openTrainer>> | undefined;
     let snapshot: Model | undefined;
     const snapDir = path.join(r.out, '.student-snapshot');
@@ -522,7 +540,7 @@ export async function distill(opts: DistillOptions): Promise<RunResult> {
         const acc = evalTs.map(() => 0);
         for (const b of evalBatches) {
           const n = b.tokens.length / r.seqLen;
-          const zt = await batchLogits(teacher, b.tokens, n, r.seqLen);
+          const zt = await teacherLogits.run(b.tokens, n, r.seqLen);
           const zs = await trainer.forward(b.tokens, n, r.seqLen);
           const a = await alignment(zt, zs, n * r.seqLen, V, evalTs, { divergence, temperature: T, beta });
           div += a.divergence!;
@@ -561,7 +579,7 @@ export async function distill(opts: DistillOptions): Promise<RunResult> {
           await generatedBatch(snapshot!, corpus.prompts, studentRows, r.seqLen, dataT, r.seed, step, batch);
         }
         for (let i = 0; i < mask.length; ++i) mask[i] = batch.targets[i]! >= 0 ? 1 : 0;
-        const zt = await batchLogits(teacher, batch.tokens, r.batch, r.seqLen);
+        const zt = await teacherLogits.run(batch.tokens, r.batch, r.seqLen);
         const zs = await trainer.forward(batch.tokens, r.batch, r.seqLen);
         const kd = await kdLossAsync(zt, zs, {
           rows: r.batch * r.seqLen, vocab: V, divergence, temperature: T, beta, mask, gradOut: dlogits,
@@ -594,6 +612,7 @@ export async function distill(opts: DistillOptions): Promise<RunResult> {
       await rm(snapDir, { recursive: true, force: true });
       student?.trainer.dispose();
       student?.model.dispose();
+      teacherLogits.dispose();
       teacher.dispose();
     }
   } catch (err) {
@@ -623,7 +642,7 @@ export interface AlignmentRow {
   draft: string;
   /** Mean expected acceptance sum_x min(p_T, q_T) over the positions, per temperature. */
   acceptance: number[];
-  /** 95% confidence half-width over windows, per temperature. */
+  /** 95% confidence half-width over windows (t interval), per temperature. */
   halfWidth: number[];
 }
 
@@ -655,6 +674,7 @@ export async function evalAlignment(opts: EvalAlignmentOptions): Promise<Alignme
     if (o.threads !== undefined) setThreads(o.threads as number);
     const target = await loadModel(o.target as string);
     const drafts: Model[] = [];
+    const runners: BatchLogits[] = [];
     try {
       for (const d of o.drafts as string[]) {
         const m = await loadModel(d);
@@ -667,13 +687,15 @@ export async function evalAlignment(opts: EvalAlignmentOptions): Promise<Alignme
       const batches = heldOutBatches(corpus.train, batch, cap, windows);
       const V = target.vocabSize;
       const perWindow = drafts.map(() => temps.map(() => [] as number[]));
+      const targetLogits = new BatchLogits(target);
+      runners.push(targetLogits, ...drafts.map((d) => new BatchLogits(d)));
       let done = 0;
       const total = batches.length * drafts.length;
       for (const b of batches) {
         const n = b.tokens.length / cap;
-        const zt = await batchLogits(target, b.tokens, n, cap);
+        const zt = await targetLogits.run(b.tokens, n, cap);
         for (let d = 0; d < drafts.length; ++d) {
-          const zd = await batchLogits(drafts[d]!, b.tokens, n, cap);
+          const zd = await runners[d + 1]!.run(b.tokens, n, cap);
           for (let i = 0; i < temps.length; ++i) {
             const a = await acceptanceRateAsync(zt, zd, { rows: n * cap, vocab: V, target: { temperature: temps[i]! } });
             for (let w = 0; w < n; ++w) {
@@ -685,16 +707,13 @@ export async function evalAlignment(opts: EvalAlignmentOptions): Promise<Alignme
           o.onProgress && (o.onProgress as (a: number, b: number) => void)(++done, total);
         }
       }
-      const rows = drafts.map((dm, d) => {
-        const stats = perWindow[d]!.map((xs) => {
-          const m = xs.reduce((a, x) => a + x, 0) / xs.length;
-          const sd = xs.length > 1 ? Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (xs.length - 1)) : 0;
-          return { m, hw: (1.96 * sd) / Math.sqrt(xs.length) };
-        });
-        return { draft: (o.drafts as string[])[d]!, acceptance: stats.map((s) => s.m), halfWidth: stats.map((s) => s.hw) };
+      const rows = drafts.map((_, d) => {
+        const stats = perWindow[d]!.map((xs) => estimate(xs));
+        return { draft: (o.drafts as string[])[d]!, acceptance: stats.map((e) => e.mean), halfWidth: stats.map((e) => (e.hi - e.lo) / 2) };
       });
       return { data: corpus.dataset.description, temperatures: temps, positions: batches.reduce((a, b) => a + b.tokens.length, 0), rows };
     } finally {
+      for (const r of runners) r.dispose();
       for (const d of drafts) d.dispose();
       target.dispose();
     }

@@ -5,7 +5,7 @@
 import { open, readFile, rename } from 'node:fs/promises';
 import { SpeculaError } from '../errors.js';
 import { toBf16, toF16, type WeightDType } from '../model/init.js';
-import { readSafetensors } from '../model/safetensors.js';
+import { readSafetensors, safetensorsHeader } from '../model/safetensors.js';
 
 export interface TensorData {
   name: string;
@@ -13,31 +13,18 @@ export interface TensorData {
   data: Float32Array;
 }
 
-const ST_DTYPE: Record<WeightDType, string> = { f32: 'F32', f16: 'F16', bf16: 'BF16' };
-
 /**
  * Writes `tensors` to `file` (through file + '.tmp' and a rename, so that an interrupted
- * write never leaves a torn file). Tensors whose size is a multiple of 64 bytes come
- * first so that they start on a cache line (the header is padded to 64).
+ * write never leaves a torn file), in safetensorsHeader's layout.
  */
 export async function writeSafetensorsFile(file: string, tensors: TensorData[], dtype: WeightDType,
   metadata: Record<string, string> = { format: 'pt' }): Promise<void> {
-  const es = dtype === 'f32' ? 4 : 2;
-  const bytesOf = (t: TensorData) => t.data.length * es;
-  const ordered = [...tensors.filter((t) => bytesOf(t) % 64 === 0), ...tensors.filter((t) => bytesOf(t) % 64 !== 0)];
-  const header: Record<string, unknown> = { __metadata__: metadata };
-  let off = 0;
-  for (const t of ordered) {
+  for (const t of tensors) {
     const n = t.shape.reduce((a, b) => a * b, 1);
     if (n !== t.data.length) throw new SpeculaError('E_SHAPE', `${t.name}: shape [${t.shape}] holds ${n} values, data has ${t.data.length}`);
-    header[t.name] = { dtype: ST_DTYPE[dtype], shape: t.shape, data_offsets: [off, off + bytesOf(t)] };
-    off += bytesOf(t);
   }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((64 - ((8 + Buffer.byteLength(json)) % 64)) % 64);
-  const head = Buffer.alloc(8 + Buffer.byteLength(json));
-  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
-  head.write(json, 8, 'utf8');
+  const { head, order } = safetensorsHeader(tensors, dtype, metadata);
+  const ordered = order.map((i) => tensors[i]!);
   const tmp = `${file}.tmp`;
   let fh;
   try {
