@@ -1,13 +1,13 @@
 /**
  * `specula bench`: the temperature study on the bundled pair (default) or on a given
  * target, drafts and prompt file; a progress bar with ETA, a table at the end,
- * results.jsonl and summary.json in --out.
+ * results.jsonl, summary.json and charts in --out; `bench merge` combines shards.
  */
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
 import path from 'node:path';
-import { bench, DEFAULT_TEMPERATURES, type CellRecord } from './bench/run.js';
+import { bench, DEFAULT_TEMPERATURES, merge, type CellRecord } from './bench/run.js';
 import { setThreads } from './runtime.js';
 
 type Parse = (v: string) => number;
@@ -42,7 +42,17 @@ export function benchTable(records: CellRecord[]): string {
 }
 
 export function addBenchCommand(program: Command, integer: (min: number) => Parse): void {
-  program.command('bench')
+  const cmd = program.command('bench');
+  cmd.command('merge')
+    .description('combine the outputs of `bench --shard i/n` runs into the results, summary and charts of one unsharded run')
+    .argument('<dirs...>', 'shard output directories (or their results.jsonl files)')
+    .option('--out <dir>', 'output directory', 'bench-out')
+    .action(async (dirs: string[], o: { out: string }) => {
+      const { records, files } = await merge(dirs, o.out);
+      console.log(benchTable(records));
+      console.error(`merged ${records.length} cells from ${dirs.length} shard(s); wrote ${files.map((f) => path.basename(f)).join(', ')} to ${o.out}`);
+    });
+  cmd
     .description('the temperature study: speculative vs autoregressive decoding across temperatures (default: the bundled pair)')
     .option('--target <dir>', 'target model directory (default: the bundled target)')
     .option('--draft <dirs>', 'draft model directories, comma-separated (default: every bundled draft)')
@@ -62,7 +72,7 @@ export function addBenchCommand(program: Command, integer: (min: number) => Pars
       const bar = tty ? new cliProgress.SingleBar({ format: 'runs {value}/{total} |{bar}| ETA {eta_formatted}', stream: process.stderr, hideCursor: true },
         cliProgress.Presets.shades_classic) : undefined;
       let every = 1;
-      const { records } = await bench({
+      const { records, files } = await bench({
         out: o.out, temperatures: o.temperatures, gammas: o.gamma, maxNewTokens: o.maxNewTokens, seeds: o.seeds,
         ...(o.target !== undefined ? { target: o.target } : {}),
         ...(o.draft !== undefined ? { drafts: o.draft.split(',').filter((d) => d !== '') } : {}),
@@ -79,6 +89,6 @@ export function addBenchCommand(program: Command, integer: (min: number) => Pars
         },
       }).finally(() => bar?.stop());
       console.log(benchTable(records));
-      console.error(`wrote ${path.join(o.out, 'results.jsonl')} and ${path.join(o.out, 'summary.json')}`);
+      console.error(`wrote ${files.map((f) => path.basename(f)).join(', ')} to ${o.out}`);
     });
 }

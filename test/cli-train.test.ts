@@ -56,16 +56,24 @@ describe('specula train / distill / eval-alignment', () => {
     expect(e.out).toMatch(new RegExp(`\\| ${target.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\| 1\\.000 ± 0\\.000 \\| 1\\.000 ± 0\\.000 \\|`));
   }, 60_000);
 
-  it('bench: a table on stdout, results.jsonl and summary.json in --out; bad --shard is a usage error', () => {
+  it('bench: a table on stdout, results, summary and charts in --out; bench merge; bad --shard is a usage error', () => {
     const out = path.join(tmp, 'bench');
     const b = run('bench', '--target', target, '--draft', draft, '--dataset', corpus, '--temperatures', '0,1', '--prompts', '2', '--seeds', '1',
       '--max-new-tokens', '6', '--out', out);
     expect(b.code, b.err).toBe(0);
     expect(b.out).toContain('| draft | T | γ | AR tok/s | spec tok/s | speedup | α | τ | E[accept] | c | predicted |');
     expect(b.out.trim().split('\n').length).toBe(4);
-    expect(existsSync(path.join(out, 'results.jsonl'))).toBe(true);
-    expect(existsSync(path.join(out, 'summary.json'))).toBe(true);
+    for (const f of ['results.jsonl', 'summary.json', 'speedup.svg', 'speedup.png', 'acceptance.svg', 'acceptance.png']) expect(existsSync(path.join(out, f)), f).toBe(true);
     expect(run('bench', '--shard', '3/3', '--out', out).code).toBe(2);
+    // merge: one shard of a 2-cell grid is not the whole study; the unsharded output merges into itself.
+    const m = run('bench', 'merge', out, '--out', path.join(tmp, 'bench-merged'));
+    expect(m.code, m.err).toBe(0);
+    expect(m.out.trim().split('\n').length).toBe(4);
+    expect(m.err).toMatch(/merged 2 cells from 1 shard\(s\); wrote results\.jsonl, summary\.json, speedup\.svg, speedup\.png, acceptance\.svg, acceptance\.png/);
+    const none = run('bench', 'merge', path.join(tmp, 'nowhere'));
+    expect(none.code).toBe(1);
+    expect(none.err).toMatch(/E_IO/);
+    expect(run('bench', 'merge').code).toBe(2);
   }, 60_000);
 
   it('usage errors exit 2; bad input exits 1 with the code', () => {

@@ -1,11 +1,13 @@
 // The study core of `specula bench` (src/bench/study.ts): confidence intervals against
 // textbook values, deterministic shards that partition the grid, and a small study whose
 // per-run numbers agree with their definitions.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EMBEDDED_PROMPTS } from '../src/bench/prompts.js';
+import { bench, merge, readResults } from '../src/bench/run.js';
+import { resultsJsonSchema, type CellRecord } from '../src/bench/schema.js';
 import { estimate, gridCells, runStudy, shardCells } from '../src/bench/study.js';
 import { makePair } from './helpers/pair.js';
 
@@ -71,33 +73,118 @@ describe('runStudy', () => {
   }, 60_000);
 });
 
-describe('bench (results.jsonl and summary.json)', () => {
-  it('writes one record per cell with configuration, machine and raw runs; shards split the cells; a bad dataset names its line', async () => {
-    const { bench } = await import('../src/bench/run.js');
-    const { readFileSync, writeFileSync } = await import('node:fs');
+describe('bench end to end: outputs, schema, intervals, shards and merge', () => {
+  // The tiny pair, 2 temperatures × 2 drafts, 3 prompts × 2 seeds × 8 tokens: the whole
+  // study with every output, 3 shards and their merge, within the CI budget.
+  const deterministic = (r: CellRecord) => ({
+    config: r.config, schema: r.schema,
+    runs: r.runs.map((x) => [x.prompt, x.seed, x.arTokens, x.specTokens, x.alpha, x.tau, x.acceptanceByPosition, x.expectedAcceptance]),
+    summary: [r.summary.alpha, r.summary.tau, r.summary.expectedAcceptance, r.summary.acceptanceByPosition],
+  });
+  const estimates = (s: CellRecord['summary']) => [s.arTokensPerSecond, s.specTokensPerSecond, s.speedup, s.alpha, s.tau, s.expectedAcceptance,
+    s.costRatio, s.predictedSpeedup, ...s.acceptanceByPosition];
+  let base: Parameters<typeof bench>[0];
+  let full: Awaited<ReturnType<typeof bench>>;
+
+  beforeAll(async () => {
     const pair = await makePair(root);
     const prompts = path.join(root, 'prompts.txt');
     writeFileSync(prompts, 'Hello\nThe cat\nOnce upon\n');
-    const base = { target: pair.target, drafts: [pair.close, pair.independent], temperatures: [0, 1], gammas: [2], seeds: 1, maxNewTokens: 8, dataset: prompts };
-    const full = await bench({ ...base, out: path.join(root, 'b-full') });
-    expect(full.records.length).toBe(4);
-    const lines = readFileSync(path.join(root, 'b-full', 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    expect(lines.length).toBe(4);
+    base = { target: pair.target, drafts: [pair.close, pair.independent], temperatures: [0, 1], gammas: [2], seeds: 2, maxNewTokens: 8, dataset: prompts, out: '' };
+    full = await bench({ ...base, out: path.join(root, 'b-full') });
+  }, 60_000);
+
+  it('writes results.jsonl, summary.json and both charts as SVG and PNG', () => {
+    const out = path.join(root, 'b-full');
+    expect(full.files.map((f) => path.basename(f)).sort()).toEqual(
+      ['acceptance.png', 'acceptance.svg', 'results.jsonl', 'speedup.png', 'speedup.svg', 'summary.json']);
+    const lines = readFileSync(path.join(out, 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.config.cell)).toEqual([0, 1, 2, 3]);
     expect(lines[0].config.prompts).toEqual({ source: 'prompts.txt: 3 prompts (one per line)', count: 3 });
-    expect(lines[0].runs.length).toBe(3);
+    expect(lines[0].runs.length).toBe(6);
     expect(lines[0].machine.backend).toBe('cpu');
-    const summary = JSON.parse(readFileSync(path.join(root, 'b-full', 'summary.json'), 'utf8'));
-    expect(summary.cells.length).toBe(4);
-    const parts = [];
-    for (let i = 0; i < 3; ++i) parts.push(...(await bench({ ...base, out: path.join(root, `b-${i}`), shard: { index: i, count: 3 } })).records);
-    expect(parts.map((r) => r.config.cell).sort()).toEqual([0, 1, 2, 3]);
-    // The deterministic numbers (tokens and acceptance) agree with the unsharded run.
-    for (const r of parts) {
-      const f = full.records.find((x) => x.config.cell === r.config.cell)!;
-      expect(r.runs.map((x) => [x.specTokens, x.alpha, x.tau, x.expectedAcceptance])).toEqual(f.runs.map((x) => [x.specTokens, x.alpha, x.tau, x.expectedAcceptance]));
+    const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
+    expect(summary.results.length).toBe(4);
+    expect(summary.results[3].alpha).toEqual(lines[3].summary.alpha);
+    for (const name of ['speedup', 'acceptance']) {
+      const svg = readFileSync(path.join(out, `${name}.svg`), 'utf8');
+      expect(svg).toMatch(/^<svg[^>]*width="\d+"/);
+      // One legend entry per draft, the axis title, and the data: a path per line.
+      expect(svg).toContain('tiny-close');
+      expect(svg).toContain('tiny-independent');
+      expect(svg).toContain('decoding temperature T');
+      const png = readFileSync(path.join(out, `${name}.png`));
+      expect([...png.subarray(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+      const width = png.readUInt32BE(16), height = png.readUInt32BE(20);
+      const svgWidth = Number(/width="(\d+)"/.exec(svg)![1]);
+      expect(width).toBe(2 * svgWidth); // rendered at 2x
+      expect(height).toBeGreaterThan(300);
     }
+  });
+
+  it('results.jsonl validates against the published JSON Schema, which is the one generated from the code', async () => {
+    const published = JSON.parse(readFileSync(new URL('../src/bench/results.schema.json', import.meta.url), 'utf8'));
+    expect(published).toEqual(resultsJsonSchema());
+    const { Ajv2020 } = await import('ajv/dist/2020.js');
+    const validate = new Ajv2020({ allErrors: true, strict: false }).compile(published);
+    const lines = readFileSync(path.join(root, 'b-full', 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    for (const l of lines) expect(validate(l), JSON.stringify(validate.errors)).toBe(true);
+    // The schema can fail: a missing field, a wrong type, an unknown key, a bad shard.
+    const broken = [
+      { ...lines[0], runs: undefined },
+      { ...lines[0], summary: { ...lines[0].summary, alpha: { ...lines[0].summary.alpha, mean: 'high' } } },
+      { ...lines[0], extra: 1 },
+      { ...lines[0], config: { ...lines[0].config, shard: { index: -1, count: 2 } } },
+      { ...lines[0], schema: 'specula-bench-results/0' },
+    ];
+    for (const b of broken) expect(validate(JSON.parse(JSON.stringify(b)))).toBe(false);
+  });
+
+  it('every interval contains its point estimate and the per-run numbers follow their definitions', () => {
+    for (const r of full.records) {
+      for (const e of estimates(r.summary)) {
+        expect(e.n).toBe(6);
+        expect(e.lo).toBeLessThanOrEqual(e.mean);
+        expect(e.mean).toBeLessThanOrEqual(e.hi);
+      }
+      expect(r.summary.alpha.mean).toBeCloseTo(r.runs.reduce((a, x) => a + x.alpha, 0) / r.runs.length, 12);
+      for (const x of r.runs) expect(x.speedup).toBeCloseTo(x.specTokensPerSecond / x.arTokensPerSecond, 12);
+    }
+  });
+
+  it('3 shards merged give the unsharded numbers; merge refuses gaps, duplicates, other grids and malformed files', async () => {
+    const dirs = [0, 1, 2].map((i) => path.join(root, `b-${i}`));
+    for (let i = 0; i < 3; ++i) {
+      const part = await bench({ ...base, out: dirs[i]!, shard: { index: i, count: 3 } });
+      expect(part.records.map((r) => r.config.cell)).toEqual([0, 1, 2, 3].filter((c) => c % 3 === i));
+      expect(part.records.every((r) => r.config.shard?.index === i && r.config.shard.count === 3)).toBe(true);
+    }
+    const merged = await merge(dirs, path.join(root, 'b-merged'));
+    expect(merged.files.map((f) => path.basename(f)).sort()).toEqual(full.files.map((f) => path.basename(f)).sort());
+    expect(merged.records.map(deterministic)).toEqual(full.records.map(deterministic));
+    // The merged files hold the same records as the unsharded ones (timings aside).
+    const read = (d: string) => readResults(path.join(root, d, 'results.jsonl')).map(deterministic);
+    expect(read('b-merged')).toEqual(read('b-full'));
+    const sum = (d: string) => { const s = JSON.parse(readFileSync(path.join(root, d, 'summary.json'), 'utf8')); return [s.cells, s.gridCells, s.shard, s.drafts, s.results.map((c: { alpha: unknown }) => c.alpha)]; };
+    expect(sum('b-merged')).toEqual(sum('b-full'));
+
+    await expect(merge(dirs.slice(0, 2), path.join(root, 'm-x'))).rejects.toThrow(/cover 3 of 4 cells; missing cells 2; with 3 shards, missing shard\(s\) 2\/3/);
+    await expect(merge([...dirs, dirs[1]!], path.join(root, 'm-x'))).rejects.toThrow(/cell 1 is in both/);
+    const other = path.join(root, 'b-other');
+    await bench({ ...base, seeds: 1, out: other, shard: { index: 2, count: 3 } });
+    await expect(merge([dirs[0]!, dirs[1]!, other], path.join(root, 'm-x'))).rejects.toThrow(/seeds = 1 but .* has 2; shards of one study share their grid/);
+    const bad = path.join(root, 'b-bad.jsonl');
+    const good = readFileSync(path.join(dirs[0]!, 'results.jsonl'), 'utf8').trim().split('\n');
+    writeFileSync(bad, `${good[0]}\n${good[0]!.replace('"alpha":{', '"alpha":{"x":1,')}\n`);
+    await expect(merge([bad], path.join(root, 'm-x'))).rejects.toMatchObject({ code: 'E_FORMAT', message: expect.stringMatching(/b-bad\.jsonl:2: summary\.alpha: /) });
+    writeFileSync(bad, '{"schema":\n');
+    await expect(merge([bad], path.join(root, 'm-x'))).rejects.toThrow(/b-bad\.jsonl:1: not JSON/);
+    await expect(merge([path.join(root, 'nowhere')], path.join(root, 'm-x'))).rejects.toMatchObject({ code: 'E_IO' });
+  }, 60_000);
+
+  it('a malformed dataset file names its line', async () => {
     const bad = path.join(root, 'bad.jsonl');
     writeFileSync(bad, '{"question": "a"}\n{"question": \n');
-    await expect(bench({ ...base, dataset: bad, out: path.join(root, 'b-bad') })).rejects.toThrow(/bad\.jsonl:2:/);
-  }, 60_000);
+    await expect(bench({ ...base, dataset: bad, out: path.join(root, 'b-bad') })).rejects.toMatchObject({ code: 'E_FORMAT', message: expect.stringMatching(/bad\.jsonl:2:/) });
+  });
 });

@@ -3,7 +3,7 @@
  * configuration, package version, machine, summary and raw per-run numbers) and
  * summary.json (every cell's summary), written to `out`.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,10 +13,12 @@ import { SpeculaError, withCallerStack } from '../errors.js';
 import { runtimeInfo } from '../runtime.js';
 import { fail, isIntegerIn, knownKeys, object } from '../validate.js';
 import { EMBEDDED_PROMPTS } from './prompts.js';
-import { gridCells, runStudy, shardCells, type CellResult, type CellSummary } from './study.js';
+import { writeCharts } from './charts.js';
+import { CellRecordSchema, RESULTS_SCHEMA_ID, type CellRecord, type MachineInfo } from './schema.js';
+import { gridCells, runStudy, shardCells } from './study.js';
 
 export const DEFAULT_TEMPERATURES = [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2];
-export const RESULTS_SCHEMA_ID = 'specula-bench-results/1';
+export { RESULTS_SCHEMA_ID, type CellRecord, type MachineInfo };
 
 const modelsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'models');
 
@@ -49,28 +51,6 @@ export interface BenchOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-export interface MachineInfo {
-  cpu: string;
-  cores: number;
-  threads: number;
-  simd: string;
-  backend: 'cpu';
-  platform: string;
-  node: string;
-}
-
-export interface CellRecord {
-  schema: typeof RESULTS_SCHEMA_ID;
-  version: string;
-  machine: MachineInfo;
-  config: {
-    target: string; draft: string; temperature: number; gamma: number; maxNewTokens: number; seeds: number;
-    prompts: { source: string; count: number }; cell: number; cells: number; shard: { index: number; count: number } | null;
-  };
-  summary: CellSummary;
-  runs: CellResult['runs'];
-}
-
 export function machineInfo(): MachineInfo {
   const info = runtimeInfo();
   return {
@@ -86,8 +66,119 @@ function numbers(name: string, v: unknown, integer: boolean, min: number): numbe
   return v as number[];
 }
 
-/** Runs the study (or one shard of it) and writes results.jsonl and summary.json to `out`. */
-export async function bench(opts: BenchOptions): Promise<{ records: CellRecord[]; out: string }> {
+export interface BenchOutput {
+  records: CellRecord[];
+  out: string;
+  /** Every file written: results.jsonl, summary.json and the charts (SVG and PNG). */
+  files: string[];
+}
+
+/** The summary of a set of records (a whole study, a shard or a merge): summary.json. */
+export function summaryOf(records: readonly CellRecord[]): Record<string, unknown> {
+  const c = records[0]!.config;
+  const machines = [...new Map(records.map((r) => [JSON.stringify(r.machine), r.machine])).values()];
+  const versions = [...new Set(records.map((r) => r.version))];
+  return {
+    schema: RESULTS_SCHEMA_ID, version: versions.join(', '), machines,
+    target: c.target, drafts: c.drafts, temperatures: c.temperatures, gammas: c.gammas, seeds: c.seeds, maxNewTokens: c.maxNewTokens,
+    prompts: c.prompts, cells: records.length, gridCells: c.cells, shard: c.shard,
+    results: records.map((r) => ({ draft: r.config.draft, temperature: r.config.temperature, gamma: r.config.gamma, ...r.summary })),
+  };
+}
+
+/** Writes results.jsonl (in cell order), summary.json and the charts to `out`. */
+async function writeOutputs(out: string, unsorted: readonly CellRecord[]): Promise<string[]> {
+  const records = [...unsorted].sort((a, b) => a.config.cell - b.config.cell);
+  try {
+    await mkdir(out, { recursive: true });
+    const results = path.join(out, 'results.jsonl');
+    const summary = path.join(out, 'summary.json');
+    await writeFile(results, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    await writeFile(summary, `${JSON.stringify(summaryOf(records), null, 2)}\n`);
+    const c = records[0]!.config;
+    const charts = await writeCharts(out, records.map((r) => ({ draft: r.config.draft, temperature: r.config.temperature, gamma: r.config.gamma, summary: r.summary })),
+      { target: c.target, prompts: c.prompts.count, seeds: c.seeds, maxNewTokens: c.maxNewTokens });
+    return [results, summary, ...charts];
+  } catch (err) {
+    if (err instanceof SpeculaError) throw err;
+    throw new SpeculaError('E_IO', `cannot write the study's outputs to ${out}: ${(err as Error).message}`);
+  }
+}
+
+/** Reads and validates one results.jsonl; errors name the file and line. */
+export function readResults(file: string): CellRecord[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new SpeculaError('E_IO', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const out: CellRecord[] = [];
+  text.split('\n').forEach((line, i) => {
+    if (line.trim() === '') return;
+    let v: unknown;
+    try {
+      v = JSON.parse(line);
+    } catch (err) {
+      throw new SpeculaError('E_FORMAT', `${file}:${i + 1}: not JSON (${(err as Error).message})`);
+    }
+    const r = CellRecordSchema.safeParse(v);
+    if (!r.success) {
+      const issue = r.error.issues[0]!;
+      throw new SpeculaError('E_FORMAT', `${file}:${i + 1}: ${issue.path.join('.') || '(record)'}: ${issue.message} (expected a ${RESULTS_SCHEMA_ID} record)`);
+    }
+    out.push(r.data);
+  });
+  if (out.length === 0) throw new SpeculaError('E_FORMAT', `${file}: no records`);
+  return out;
+}
+
+const GRID_KEYS = ['target', 'drafts', 'temperatures', 'gammas', 'maxNewTokens', 'seeds', 'prompts', 'cells'] as const;
+
+/**
+ * Combines the outputs of `bench --shard i/n` runs (directories or results.jsonl paths)
+ * into the results.jsonl, summary.json and charts of one unsharded run, written to `out`.
+ * The shards must come from the same grid and cover each cell exactly once.
+ */
+export async function merge(inputs: readonly string[], out: string): Promise<BenchOutput> {
+  const caller = new Error();
+  try {
+    if (!Array.isArray(inputs) || inputs.length === 0) fail('E_ARG', 'inputs', 'one or more shard output directories', inputs);
+    if (typeof out !== 'string' || out === '') fail('E_ARG', 'out', 'a directory path', out);
+    const byCell = new Map<number, { record: CellRecord; from: string }>();
+    let first: { record: CellRecord; from: string } | undefined;
+    for (const input of inputs) {
+      const file = typeof input === 'string' && input.endsWith('.jsonl') ? input : path.join(String(input), 'results.jsonl');
+      for (const record of readResults(file)) {
+        first ??= { record, from: file };
+        for (const k of GRID_KEYS) {
+          if (JSON.stringify(record.config[k]) !== JSON.stringify(first.record.config[k])) {
+            throw new SpeculaError('E_VALUE', `${file}: cell ${record.config.cell} has ${k} = ${JSON.stringify(record.config[k])} but ${first.from} has ${JSON.stringify(first.record.config[k])}; shards of one study share their grid`);
+          }
+        }
+        const seen = byCell.get(record.config.cell);
+        if (seen) throw new SpeculaError('E_VALUE', `cell ${record.config.cell} is in both ${seen.from} and ${file}; pass each shard once`);
+        if (record.config.cell >= record.config.cells) throw new SpeculaError('E_FORMAT', `${file}: cell ${record.config.cell} is outside the grid of ${record.config.cells} cells`);
+        byCell.set(record.config.cell, { record, from: file });
+      }
+    }
+    const total = first!.record.config.cells;
+    const missing = Array.from({ length: total }, (_, i) => i).filter((i) => !byCell.has(i));
+    if (missing.length > 0) {
+      const shard = first!.record.config.shard;
+      const hint = shard ? `; with ${shard.count} shards, missing shard(s) ${[...new Set(missing.map((i) => i % shard.count))].map((i) => `${i}/${shard.count}`).join(', ')}` : '';
+      throw new SpeculaError('E_VALUE', `the shards cover ${byCell.size} of ${total} cells; missing cells ${missing.slice(0, 20).join(', ')}${missing.length > 20 ? ', ...' : ''}${hint}`);
+    }
+    const records = [...byCell.values()].map(({ record }) => ({ ...record, config: { ...record.config, shard: null } }));
+    const files = await writeOutputs(out, records);
+    return { records: records.sort((a, b) => a.config.cell - b.config.cell), out, files };
+  } catch (err) {
+    throw withCallerStack(err, caller);
+  }
+}
+
+/** Runs the study (or one shard of it) and writes results.jsonl, summary.json and the charts to `out`. */
+export async function bench(opts: BenchOptions): Promise<BenchOutput> {
   const caller = new Error();
   try {
     const o = object('opts', opts);
@@ -132,17 +223,13 @@ export async function bench(opts: BenchOptions): Promise<{ records: CellRecord[]
       schema: RESULTS_SCHEMA_ID, version, machine,
       config: {
         target, draft: c.draft, temperature: c.temperature, gamma: c.gamma, maxNewTokens, seeds,
-        prompts: { source, count: prompts.length }, cell: c.index, cells: all.length, shard: shard ?? null,
+        prompts: { source, count: prompts.length }, temperatures, gammas, drafts,
+        cell: c.index, cells: all.length, shard: shard ?? null,
       },
       summary: c.summary, runs: c.runs,
     }));
-    await mkdir(o.out as string, { recursive: true });
-    await writeFile(path.join(o.out as string, 'results.jsonl'), records.map((r) => JSON.stringify(r)).join('\n') + '\n');
-    await writeFile(path.join(o.out as string, 'summary.json'), `${JSON.stringify({
-      version, machine, target, drafts, temperatures, gammas, seeds, maxNewTokens, prompts: { source, count: prompts.length },
-      cells: records.map((r) => ({ draft: r.config.draft, temperature: r.config.temperature, gamma: r.config.gamma, ...r.summary })),
-    }, null, 2)}\n`);
-    return { records, out: o.out as string };
+    const files = await writeOutputs(o.out as string, records);
+    return { records, out: o.out as string, files };
   } catch (err) {
     throw withCallerStack(err, caller);
   }
