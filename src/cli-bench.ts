@@ -8,6 +8,7 @@ import { InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
 import path from 'node:path';
 import { bench, DEFAULT_TEMPERATURES, merge, type CellRecord } from './bench/run.js';
+import type { CellSummary } from './bench/study.js';
 import { setThreads } from './runtime.js';
 
 type Parse = (v: string) => number;
@@ -29,16 +30,27 @@ function shardArg(value: string): { index: number; count: number } {
   return { index: Number(m[1]), count: Number(m[2]) };
 }
 
-/** The terminal table: one row per cell. */
-export function benchTable(records: CellRecord[]): string {
+/** One row of the table: a cell's draft, T, γ and summary (a results.jsonl record or a summary.json result). */
+export interface TableRow {
+  draft: string;
+  temperature: number;
+  gamma: number;
+  summary: CellSummary;
+}
+
+/** The terminal (and README) table: one row per cell, mean ± half-width of the 95% CI. */
+export function benchTable(rows: readonly (CellRecord | TableRow)[]): string {
   const f = (e: { mean: number; lo: number; hi: number }, d = 2) => `${e.mean.toFixed(d)} ± ${((e.hi - e.lo) / 2).toFixed(d)}`;
-  const rows = records.map((r) => [
-    path.basename(r.config.draft), String(r.config.temperature), String(r.config.gamma),
-    r.summary.arTokensPerSecond.mean.toFixed(0), r.summary.specTokensPerSecond.mean.toFixed(0), f(r.summary.speedup),
-    f(r.summary.alpha, 3), f(r.summary.tau), f(r.summary.expectedAcceptance, 3), f(r.summary.costRatio, 3), f(r.summary.predictedSpeedup),
-  ]);
+  const body = rows.map((x) => {
+    const r = 'config' in x ? { draft: x.config.draft, temperature: x.config.temperature, gamma: x.config.gamma, summary: x.summary } : x;
+    return [
+      path.basename(r.draft), String(r.temperature), String(r.gamma),
+      r.summary.arTokensPerSecond.mean.toFixed(0), r.summary.specTokensPerSecond.mean.toFixed(0), f(r.summary.speedup),
+      f(r.summary.alpha, 3), f(r.summary.tau), f(r.summary.expectedAcceptance, 3), f(r.summary.costRatio, 3), f(r.summary.predictedSpeedup),
+    ];
+  });
   const head = ['draft', 'T', 'γ', 'AR tok/s', 'spec tok/s', 'speedup', 'α', 'τ', 'E[accept]', 'c', 'predicted'];
-  return [`| ${head.join(' | ')} |`, `|${head.map((_, i) => (i < 3 ? '---' : '---:')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+  return [`| ${head.join(' | ')} |`, `|${head.map((_, i) => (i < 3 ? '---' : '---:')).join('|')}|`, ...body.map((r) => `| ${r.join(' | ')} |`)].join('\n');
 }
 
 export function addBenchCommand(program: Command, integer: (min: number) => Parse): void {
@@ -62,22 +74,24 @@ export function addBenchCommand(program: Command, integer: (min: number) => Pars
     .option('--prompts <n>', 'prompts used', integer(1))
     .option('--max-new-tokens <n>', 'tokens generated per run', integer(1), 128)
     .option('--seeds <n>', 'seeds per prompt', integer(1), 4)
+    .option('--stop-at-eos', 'end runs at the end-of-sequence token (default: every run generates --max-new-tokens tokens)')
     .option('--threads <n>', 'compute threads (default: available cores)', integer(1))
     .option('--out <dir>', 'output directory', 'bench-out')
     .option('--shard <i/n>', 'run the i-th of n deterministic parts of the grid', shardArg)
     .action(async (o: { target?: string; draft?: string; dataset?: string; temperatures: number[]; gamma: number[]; prompts?: number;
-      maxNewTokens: number; seeds: number; threads?: number; out: string; shard?: { index: number; count: number } }) => {
+      maxNewTokens: number; seeds: number; stopAtEos?: boolean; threads?: number; out: string; shard?: { index: number; count: number } }) => {
       if (o.threads !== undefined) setThreads(o.threads);
       const tty = process.stderr.isTTY === true;
       const bar = tty ? new cliProgress.SingleBar({ format: 'runs {value}/{total} |{bar}| ETA {eta_formatted}', stream: process.stderr, hideCursor: true },
         cliProgress.Presets.shades_classic) : undefined;
       let every = 1;
       const { records, files } = await bench({
-        out: o.out, temperatures: o.temperatures, gammas: o.gamma, maxNewTokens: o.maxNewTokens, seeds: o.seeds,
+        out: o.out, temperatures: o.temperatures, gammas: o.gamma, maxNewTokens: o.maxNewTokens, seeds: o.seeds, stopAtEos: o.stopAtEos === true,
         ...(o.target !== undefined ? { target: o.target } : {}),
         ...(o.draft !== undefined ? { drafts: o.draft.split(',').filter((d) => d !== '') } : {}),
         ...(o.dataset !== undefined ? { dataset: o.dataset } : {}), ...(o.prompts !== undefined ? { prompts: o.prompts } : {}),
         ...(o.shard !== undefined ? { shard: o.shard } : {}),
+        onNotice: (m) => console.error(`note: ${m}`),
         onStart: (i) => {
           console.error(`prompts: ${i.prompts}; ${i.cells} cells, ${i.runs} decoding runs`);
           every = Math.max(1, Math.round(i.runs / 10));

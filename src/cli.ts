@@ -38,7 +38,7 @@ function seedArg(value: string): bigint {
 
 interface GenerateCliOptions {
   target: string; draft: string; prompt: string; temperature: number; topK?: number; topP?: number; minP?: number;
-  draftTemperature?: number; gamma: number; maxNewTokens: number; seed?: bigint; stop?: string[]; threads?: number;
+  draftTemperature?: number; gamma: number; maxNewTokens: number; seed?: bigint; stop?: string[]; ignoreEos?: boolean; threads?: number;
   contextLength?: number; json?: boolean;
 }
 
@@ -69,6 +69,7 @@ async function generate(o: GenerateCliOptions): Promise<void> {
       ...(o.topK !== undefined ? { topK: o.topK } : {}), ...(o.topP !== undefined ? { topP: o.topP } : {}),
       ...(o.minP !== undefined ? { minP: o.minP } : {}), ...(draft ? { draft } : {}),
       ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(o.stop ? { stop: o.stop } : {}),
+      ...(o.ignoreEos ? { ignoreEos: true } : {}),
     };
     if (o.json) {
       const r = await decoder.generate(o.prompt, opts);
@@ -217,6 +218,7 @@ program
   .option('--max-new-tokens <n>', 'tokens to generate at most', integer(1), 128)
   .option('--seed <n>', 'uint64 seed (default: random)', seedArg)
   .option('--stop <text...>', 'stop strings')
+  .option('--ignore-eos', 'keep generating through end-of-sequence tokens (fixed-budget benchmarks)')
   .option('--context-length <n>', "longest sequence (default: the models' context)", integer(2))
   .option('--threads <n>', 'compute threads (default: available cores)', integer(1))
   .option('--json', 'print the result object (text, tokens, finishReason, stats) instead of streaming')

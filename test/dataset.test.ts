@@ -69,7 +69,8 @@ describe('loadDataset: shapes', () => {
     expect(ds.path).toBe(file);
     expect(ds.records).toHaveLength(3);
     expect(ds.records[0]).toEqual({ prompt: 'What is 2 + 3?', completion: '2 + 3 = 5\n#### 5' });
-    expect(ds.description).toBe('gsm.jsonl: 3 GSM8K records (question + answer)');
+    expect(ds.description).toBe('gsm.jsonl: 3 GSM8K records (question)');
+    expect(loadDataset(file, { kind: 'documents' }).description).toBe('gsm.jsonl: 3 GSM8K records (question + answer)');
     expect(promptText(ds.records[0]!, 'gsm8k')).toBe('Question: What is 2 + 3?\nAnswer:');
     expect(documentText(ds.records[0]!, 'gsm8k')).toBe('Question: What is 2 + 3?\nAnswer: 2 + 3 = 5\n#### 5');
     expectPrefixes(ds);
@@ -181,7 +182,7 @@ describe('loadDataset: encoding and limit', () => {
   it('limit keeps the first N records of every kind of file', () => {
     const j = loadDataset(fixture('lim.jsonl', jsonl(GSM)), { limit: 2 });
     expect(j.records.map((r) => r.prompt)).toEqual(['What is 2 + 3?', 'What is 4 * 6?']);
-    expect(j.description).toBe('lim.jsonl: 2 GSM8K records (question + answer), first 2');
+    expect(j.description).toBe('lim.jsonl: 2 GSM8K records (question), first 2');
     expect(loadDataset(fixture('lim.json', JSON.stringify(GSM)), { limit: 1 }).records).toHaveLength(1);
     expect(loadDataset(fixture('lim.txt', 'a\nb\nc\n'), { limit: 2 }).records.map((r) => r.prompt)).toEqual(['a', 'b']);
     expect(loadDataset(fixture('lim-docs.txt', 'a\n\nb\n\nc'), { kind: 'documents', limit: 2 }).records).toHaveLength(2);
@@ -334,13 +335,13 @@ describe('public datasets in ../shared/data (skipped where absent)', () => {
     const ds = loadDataset(at('gsm8k-test.jsonl'));
     expect(ds.shape).toBe('gsm8k');
     expect(ds.records).toHaveLength(1319);
-    expect(ds.description).toBe('gsm8k-test.jsonl: 1319 GSM8K records (question + answer)');
+    expect(ds.description).toBe('gsm8k-test.jsonl: 1319 GSM8K records (question)');
     expect(ds.records.every((r) => r.prompt !== '' && r.completion.includes('####'))).toBe(true);
     expectPrefixes(ds);
   });
 
   it.skipIf(!existsSync(at('gsm8k-train.jsonl')))('gsm8k-train.jsonl: 7473 GSM8K records', () => {
-    expect(loadDataset(at('gsm8k-train.jsonl')).description).toBe('gsm8k-train.jsonl: 7473 GSM8K records (question + answer)');
+    expect(loadDataset(at('gsm8k-train.jsonl')).description).toBe('gsm8k-train.jsonl: 7473 GSM8K records (question)');
   });
 
   it.skipIf(!existsSync(at('humaneval.jsonl')))('humaneval.jsonl: 164 HumanEval records', () => {

@@ -148,6 +148,23 @@ describe('statistics', () => {
     expect(r.stats.predictedSpeedup).toBe(1);
   });
 
+  it('ignoreEos: a run that ended at EOS continues through it to maxNewTokens, with the same tokens up to there', async () => {
+    const eos = target.tokenizer.eosTokenIds;
+    const opts = { maxNewTokens: 48, temperature: 2, gamma: 3 };
+    let found = 0;
+    for (let seed = 1; seed <= 60 && found < 2; ++seed) {
+      const r = await dec.generate('Hello', { ...opts, seed });
+      if (r.finishReason !== 'eos') continue;
+      ++found;
+      expect(eos).toContain(r.tokens.at(-1));
+      const full = await dec.generate('Hello', { ...opts, seed, ignoreEos: true });
+      expect(full.finishReason).toBe('length');
+      expect(full.tokens.length).toBe(48);
+      expect(full.tokens.slice(0, r.tokens.length)).toEqual(r.tokens);
+    }
+    expect(found).toBe(2);
+  });
+
   it('realized acceptance matches the expected acceptance over many steps', async () => {
     const results = await dec.generate(Array(16).fill('The'), { maxNewTokens: 200, temperature: 1, gamma: 1, seed: 9 });
     // gamma 1: every drafted token is tested, so accepted / drafted estimates mean sum min(p, q).
@@ -328,6 +345,7 @@ describe('errors', () => {
       ['x', { ...ok, stop: [''] }, 'E_VALUE', /stop\[0\]/],
       ['x', { ...ok, stop: 'a' }, 'E_ARG', /stop/],
       ['x', { ...ok, signal: {} }, 'E_ARG', /signal/],
+      ['x', { ...ok, ignoreEos: 1 }, 'E_ARG', /options\.ignoreEos: expected a boolean/],
       ['x', { ...ok, onStep: 5 }, 'E_ARG', /onStep/],
       ['x', { ...ok, colour: 1 }, 'E_ARG', /colour: unknown option/],
       ['x', null, 'E_ARG', /options/],

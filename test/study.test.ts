@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EMBEDDED_PROMPTS } from '../src/bench/prompts.js';
 import { bench, merge, readResults } from '../src/bench/run.js';
 import { resultsJsonSchema, type CellRecord } from '../src/bench/schema.js';
-import { estimate, gridCells, runStudy, shardCells } from '../src/bench/study.js';
+import { estimate, fitPrompts, gridCells, runStudy, shardCells } from '../src/bench/study.js';
+import { loadModel } from '../src/index.js';
 import { makePair } from './helpers/pair.js';
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'specula-study-'));
@@ -41,6 +42,27 @@ describe('study statistics and grid', () => {
   it('the embedded prompt set: at least 32 distinct GSM8K-style prompts', () => {
     expect(new Set(EMBEDDED_PROMPTS).size).toBeGreaterThanOrEqual(32);
     for (const p of EMBEDDED_PROMPTS) expect(p).toMatch(/^Question: .+\?\nAnswer:$/s);
+  });
+});
+
+describe('fitPrompts', () => {
+  it('cuts prompts that leave no room for the budget to BOS + their last tokens; refuses a budget the context cannot hold', async () => {
+    const pair = await makePair(root);
+    const m = await loadModel(pair.target);
+    try {
+      const long = 'abcdefghijklmnopqrstuvwxyz0123'; // 30 bytes: BOS + 30 tokens
+      const r = fitPrompts(m, ['short', long], 20, 8);
+      expect(r.cut).toEqual({ count: 1, keep: 12, context: 20 });
+      expect(r.prompts[0]!.tokens).toEqual([...m.tokenizer.encode('short')]);
+      const cut = r.prompts[1]!.tokens;
+      expect(cut.length).toBe(12);
+      expect(cut[0]).toBe(m.tokenizer.bosTokenId);
+      expect(m.tokenizer.decode(Int32Array.from(cut.slice(1)))).toBe(long.slice(-11));
+      expect(fitPrompts(m, ['short'], 20, 8).cut).toBeNull();
+      expect(() => fitPrompts(m, ['short'], 20, 19)).toThrow(/maxNewTokens: expected at most 18/);
+    } finally {
+      m.dispose();
+    }
   });
 });
 
@@ -142,6 +164,9 @@ describe('bench end to end: outputs, schema, intervals, shards and merge', () =>
 
   it('every interval contains its point estimate and the per-run numbers follow their definitions', () => {
     for (const r of full.records) {
+      expect(r.config.stopAtEos).toBe(false);
+      // A fixed budget: both sides of every speedup generated exactly maxNewTokens tokens.
+      for (const x of r.runs) expect([x.arTokens, x.specTokens]).toEqual([8, 8]);
       for (const e of estimates(r.summary)) {
         expect(e.n).toBe(6);
         expect(e.lo).toBeLessThanOrEqual(e.mean);

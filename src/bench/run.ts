@@ -43,12 +43,16 @@ export interface BenchOptions {
   prompts?: number;
   maxNewTokens?: number;
   seeds?: number;
+  /** End runs at the end-of-sequence token (default false: every run generates exactly maxNewTokens). */
+  stopAtEos?: boolean;
   /** Output directory (created). */
   out: string;
   /** Run shard index of count. */
   shard?: { index: number; count: number };
   onStart?: (info: { prompts: string; cells: number; runs: number }) => void;
   onProgress?: (done: number, total: number) => void;
+  /** Messages for the user (prompts cut to fit the context). */
+  onNotice?: (message: string) => void;
 }
 
 export function machineInfo(): MachineInfo {
@@ -80,7 +84,7 @@ export function summaryOf(records: readonly CellRecord[]): Record<string, unknow
   const versions = [...new Set(records.map((r) => r.version))];
   return {
     schema: RESULTS_SCHEMA_ID, version: versions.join(', '), machines,
-    target: c.target, drafts: c.drafts, temperatures: c.temperatures, gammas: c.gammas, seeds: c.seeds, maxNewTokens: c.maxNewTokens,
+    target: c.target, drafts: c.drafts, temperatures: c.temperatures, gammas: c.gammas, seeds: c.seeds, maxNewTokens: c.maxNewTokens, stopAtEos: c.stopAtEos,
     prompts: c.prompts, cells: records.length, gridCells: c.cells, shard: c.shard,
     results: records.map((r) => ({ draft: r.config.draft, temperature: r.config.temperature, gamma: r.config.gamma, ...r.summary })),
   };
@@ -133,7 +137,7 @@ export function readResults(file: string): CellRecord[] {
   return out;
 }
 
-const GRID_KEYS = ['target', 'drafts', 'temperatures', 'gammas', 'maxNewTokens', 'seeds', 'prompts', 'cells'] as const;
+const GRID_KEYS = ['target', 'drafts', 'temperatures', 'gammas', 'maxNewTokens', 'stopAtEos', 'seeds', 'prompts', 'cells'] as const;
 
 /**
  * Combines the outputs of `bench --shard i/n` runs (directories or results.jsonl paths)
@@ -182,8 +186,8 @@ export async function bench(opts: BenchOptions): Promise<BenchOutput> {
   const caller = new Error();
   try {
     const o = object('opts', opts);
-    knownKeys('opts', o, ['target', 'drafts', 'dataset', 'temperatures', 'gammas', 'prompts', 'maxNewTokens', 'seeds', 'out', 'shard',
-      'onStart', 'onProgress']);
+    knownKeys('opts', o, ['target', 'drafts', 'dataset', 'temperatures', 'gammas', 'prompts', 'maxNewTokens', 'seeds', 'stopAtEos', 'out', 'shard',
+      'onStart', 'onProgress', 'onNotice']);
     if (typeof o.out !== 'string' || o.out === '') fail('E_ARG', 'out', 'a directory path', o.out);
     const bundled = o.target === undefined || o.drafts === undefined ? bundledPair() : null;
     const target = (o.target as string | undefined) ?? bundled!.target;
@@ -193,6 +197,8 @@ export async function bench(opts: BenchOptions): Promise<BenchOutput> {
     const gammas = numbers('gammas', o.gammas ?? [4], true, 1);
     const seeds = o.seeds ?? 4;
     if (!isIntegerIn(seeds, 1, 1e6)) fail('E_VALUE', 'seeds', 'an integer in [1, 1000000]', seeds);
+    const stopAtEos = o.stopAtEos ?? false;
+    if (typeof stopAtEos !== 'boolean') fail('E_ARG', 'stopAtEos', 'a boolean', stopAtEos);
     const maxNewTokens = o.maxNewTokens ?? 128;
     if (!isIntegerIn(maxNewTokens, 1, 1 << 20)) fail('E_VALUE', 'maxNewTokens', 'an integer >= 1', maxNewTokens);
     let prompts: string[];
@@ -212,9 +218,15 @@ export async function bench(opts: BenchOptions): Promise<BenchOutput> {
     const shard = o.shard as BenchOptions['shard'];
     const cells = shard ? shardCells(all, shard.index, shard.count) : all;
     const temps = new Set(cells.map((c) => c.temperature)).size;
-    opts.onStart?.({ prompts: source, cells: cells.length, runs: (cells.length + temps) * prompts.length * seeds });
     const results = await runStudy({
-      target, drafts, temperatures, gammas, prompts, seeds, maxNewTokens, cells,
+      target, drafts, temperatures, gammas, prompts, seeds, maxNewTokens, stopAtEos, cells,
+      onPrompts: (cut) => {
+        if (cut) {
+          source += `; ${cut.count} cut to their last ${cut.keep} tokens to fit a ${cut.context}-token context with ${maxNewTokens} new tokens`;
+          opts.onNotice?.(`${cut.count} of ${prompts.length} prompts are longer than ${cut.keep} tokens: each keeps its last ${cut.keep} tokens (context ${cut.context}, ${maxNewTokens} new tokens)`);
+        }
+        opts.onStart?.({ prompts: source, cells: cells.length, runs: (cells.length + temps) * prompts.length * seeds });
+      },
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
     });
     const machine = machineInfo();
@@ -222,7 +234,7 @@ export async function bench(opts: BenchOptions): Promise<BenchOutput> {
     const records: CellRecord[] = results.map((c) => ({
       schema: RESULTS_SCHEMA_ID, version, machine,
       config: {
-        target, draft: c.draft, temperature: c.temperature, gamma: c.gamma, maxNewTokens, seeds,
+        target, draft: c.draft, temperature: c.temperature, gamma: c.gamma, maxNewTokens, stopAtEos, seeds,
         prompts: { source, count: prompts.length }, temperatures, gammas, drafts,
         cell: c.index, cells: all.length, shard: shard ?? null,
       },

@@ -67,6 +67,7 @@ export const ConfigSchema = z.strictObject({
   temperature: z.number().min(0),
   gamma: z.int().min(1),
   maxNewTokens: z.int().min(1),
+  stopAtEos: z.boolean().describe('runs ended at the end-of-sequence token (false: every run generated maxNewTokens tokens)'),
   seeds: z.int().min(1),
   prompts: z.strictObject({ source: z.string(), count: z.int().min(1) }),
   temperatures: z.array(z.number().min(0)).min(1).describe("the whole grid's temperatures"),

@@ -126,8 +126,44 @@ export interface StudyOptions extends StudyGrid {
   maxNewTokens: number;
   /** Only these cells (default: the whole grid). */
   cells?: Cell[];
+  /**
+   * End runs at the end-of-sequence token (default false: every run generates exactly
+   * maxNewTokens tokens, so that tokens/s and speedups compare equal budgets).
+   */
+  stopAtEos?: boolean;
+  /** Called once before the runs with the prompts cut to fit the context (see fitPrompts). */
+  onPrompts?: (cut: PromptCut | null) => void;
   /** Called after every decoded run, with runs done and runs in all. */
   onProgress?: (done: number, total: number) => void;
+}
+
+export interface PromptCut {
+  /** Prompts that were longer than `keep` tokens. */
+  count: number;
+  /** Tokens kept: the BOS token (where the tokenizer adds one) and the prompt's last tokens. */
+  keep: number;
+  context: number;
+}
+
+/**
+ * Tokenizes the prompts with the target's tokenizer and cuts those that leave no room
+ * for `maxNewTokens` in a `context`-token window to their last tokens (after the BOS
+ * token, kept where the tokenizer adds one), so that every run generates its full budget.
+ */
+export function fitPrompts(target: Model, prompts: readonly string[], context: number, maxNewTokens: number):
+  { prompts: { tokens: number[] }[]; cut: PromptCut | null } {
+  const keep = context - maxNewTokens;
+  if (keep < 2) fail('E_VALUE', 'maxNewTokens', `at most ${context - 2} (the models' context is ${context} tokens)`, maxNewTokens);
+  const bos = target.tokenizer.bosTokenId;
+  let count = 0;
+  const out = prompts.map((p) => {
+    const ids = [...target.tokenizer.encode(p)];
+    if (ids.length <= keep) return { tokens: ids };
+    ++count;
+    const head = bos !== null && ids[0] === bos ? [bos] : [];
+    return { tokens: [...head, ...ids.slice(ids.length - (keep - head.length))] };
+  });
+  return { prompts: out, cut: count > 0 ? { count, keep, context } : null };
 }
 
 /** The sequence seed of (prompt p, seed s): the same for the baseline and every cell. */
@@ -135,39 +171,43 @@ function runSeed(p: number, s: number): bigint {
   return BigInt(1_000_003 * s + p + 1);
 }
 
-/** Runs the cells of a study. Baselines are decoded once per (temperature, prompt, seed) and shared by the cells. */
+/**
+ * Runs the cells of a study. For each temperature and each (prompt, seed), the target
+ * alone (γ = 0) and then every cell at that temperature decode back to back, so that each
+ * measured speedup is a ratio of runs made within a fraction of a second of each other:
+ * load that comes and goes on a shared machine shifts both sides alike. The baseline run
+ * is shared by the cells of its temperature.
+ */
 export async function runStudy(o: StudyOptions): Promise<CellResult[]> {
   const cells = o.cells ?? gridCells(o);
   const target = await loadModel(o.target);
-  const drafts = new Map<string, Model>();
+  const models: Model[] = [];
+  const decoders = new Map<string, SpeculativeDecoder>();
   try {
-    for (const d of new Set(cells.map((c) => c.draft))) drafts.set(d, await loadModel(d));
+    for (const d of new Set(cells.map((c) => c.draft))) {
+      const draft = await loadModel(d);
+      models.push(draft);
+      decoders.set(d, await SpeculativeDecoder.load({ target, draft, maxBatch: 1 }));
+    }
+    const fitted = fitPrompts(target, o.prompts, [...decoders.values()][0]!.contextLength, o.maxNewTokens);
+    o.onPrompts?.(fitted.cut);
     const temps = [...new Set(cells.map((c) => c.temperature))];
     const total = (temps.length + cells.length) * o.prompts.length * o.seeds;
     let done = 0;
     const tick = () => o.onProgress?.(++done, total);
-    const one = async (dec: SpeculativeDecoder, prompt: string, T: number, gamma: number, seed: bigint) =>
-      (await dec.generate(prompt, { maxNewTokens: o.maxNewTokens, temperature: T, gamma, seed })) as GenerateResult;
-    // The baseline: the target alone through the same engine (γ = 0).
-    const baseline = new Map<string, GenerateResult>();
-    const arDecoder = await SpeculativeDecoder.load({ target, draft: target, maxBatch: 1 });
-    try {
-      for (const T of temps) for (let p = 0; p < o.prompts.length; ++p) for (let s = 0; s < o.seeds; ++s) {
-        baseline.set(`${T}/${p}/${s}`, await one(arDecoder, o.prompts[p]!, T, 0, runSeed(p, s)));
+    const one = async (dec: SpeculativeDecoder, prompt: { tokens: number[] }, T: number, gamma: number, seed: bigint) =>
+      (await dec.generate(prompt, { maxNewTokens: o.maxNewTokens, temperature: T, gamma, seed, ignoreEos: o.stopAtEos !== true })) as GenerateResult;
+    const runs = new Map<number, RunRecord[]>(cells.map((c) => [c.index, []]));
+    for (const T of temps) {
+      const atT = cells.filter((c) => c.temperature === T);
+      for (let p = 0; p < o.prompts.length; ++p) for (let s = 0; s < o.seeds; ++s) {
+        const prompt = fitted.prompts[p]!, seed = runSeed(p, s);
+        // The baseline: the target alone through the same engine (γ = 0 never runs the draft).
+        const ar = await one(decoders.get(atT[0]!.draft)!, prompt, T, 0, seed);
         tick();
-      }
-    } finally {
-      await arDecoder.dispose();
-    }
-    const out: CellResult[] = [];
-    for (const cell of cells) {
-      const dec = await SpeculativeDecoder.load({ target, draft: drafts.get(cell.draft)!, maxBatch: 1 });
-      const runs: RunRecord[] = [];
-      try {
-        for (let p = 0; p < o.prompts.length; ++p) for (let s = 0; s < o.seeds; ++s) {
-          const ar = baseline.get(`${cell.temperature}/${p}/${s}`)!;
-          const r = await one(dec, o.prompts[p]!, cell.temperature, cell.gamma, runSeed(p, s));
-          runs.push({
+        for (const cell of atT) {
+          const r = await one(decoders.get(cell.draft)!, prompt, T, cell.gamma, seed);
+          runs.get(cell.index)!.push({
             prompt: p, seed: s,
             arTokens: ar.tokens.length, arTokensPerSecond: ar.stats.tokensPerSecond,
             specTokens: r.tokens.length, specTokensPerSecond: r.stats.tokensPerSecond,
@@ -177,14 +217,12 @@ export async function runStudy(o: StudyOptions): Promise<CellResult[]> {
           });
           tick();
         }
-      } finally {
-        await dec.dispose();
       }
-      out.push({ ...cell, runs, summary: summarize(runs, cell.gamma) });
     }
-    return out;
+    return cells.map((cell) => ({ ...cell, runs: runs.get(cell.index)!, summary: summarize(runs.get(cell.index)!, cell.gamma) }));
   } finally {
-    for (const m of drafts.values()) m.dispose();
+    for (const d of decoders.values()) await d.dispose();
+    for (const m of models) m.dispose();
     target.dispose();
   }
 }

@@ -64,6 +64,11 @@ const KEY_OF: ReadonlyArray<readonly [DatasetShape, string]> = [
   ['text-field', 'text'],
 ];
 
+// What a record contributes as a prompt (kind 'prompts'); LABEL describes documents.
+const PROMPT_PART: Partial<Record<DatasetShape, string>> = {
+  'gsm8k': 'question', 'humaneval': 'prompt', 'alpaca': 'instruction + first input',
+};
+
 const LABEL: Record<DatasetShape, (n: number) => string> = {
   'gsm8k': (n) => `${n} GSM8K ${n === 1 ? 'record' : 'records'} (question + answer)`,
   'humaneval': (n) => `${n} HumanEval ${n === 1 ? 'record' : 'records'} (prompt + canonical_solution)`,
@@ -272,7 +277,10 @@ export function loadDataset(path: string, opts: LoadDatasetOptions = {}): Datase
     throw new SpeculaError('E_VALUE', `${path}: no records (${text.trim() === '' ? 'the file is empty' : 'none found'})`);
   }
   const limited = limitArg !== undefined && records.length === limitArg ? `, first ${limitArg}` : '';
-  return { path, shape, records, description: `${basename(path)}: ${LABEL[shape](records.length)}${limited}` };
+  let label = LABEL[shape](records.length);
+  const part = kind === 'prompts' ? PROMPT_PART[shape] : undefined;
+  if (part !== undefined) label = label.replace(/\(.*\)$/, `(${part})`);
+  return { path, shape, records, description: `${basename(path)}: ${label}${limited}` };
 }
 
 function checkArgs(r: unknown, shape: unknown): DatasetRecord {

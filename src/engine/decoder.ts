@@ -50,6 +50,12 @@ export interface GenerateOptions {
   seed?: number | bigint | readonly (number | bigint)[];
   /** Strings that end generation; the text is cut before the first one found. */
   stop?: readonly string[];
+  /**
+   * Keep generating through end-of-sequence tokens, up to maxNewTokens or the context
+   * (default false). For throughput measurements over a fixed token budget, as
+   * `specula bench` does.
+   */
+  ignoreEos?: boolean;
   /** Ends generation at the next step boundary (finishReason 'aborted'). */
   signal?: AbortSignal;
   /** Called after every step of every sequence of this call. */
@@ -198,7 +204,7 @@ interface Request {
   detach: () => void;
 }
 
-const GEN_KEYS = ['maxNewTokens', 'temperature', 'topK', 'topP', 'minP', 'draft', 'gamma', 'seed', 'stop', 'signal', 'onStep'];
+const GEN_KEYS = ['maxNewTokens', 'temperature', 'topK', 'topP', 'minP', 'draft', 'gamma', 'seed', 'stop', 'ignoreEos', 'signal', 'onStep'];
 
 function statsOf(s: Sequence, gamma: number): GenerationStats {
   const tests = s.tested;
@@ -437,6 +443,7 @@ export class SpeculativeDecoder {
     }
     const signal = o.signal as AbortSignal | undefined;
     if (signal !== undefined && !(signal instanceof AbortSignal)) fail('E_ARG', 'options.signal', 'an AbortSignal', signal);
+    if (o.ignoreEos !== undefined && typeof o.ignoreEos !== 'boolean') fail('E_ARG', 'options.ignoreEos', 'a boolean', o.ignoreEos);
     if (o.onStep !== undefined && typeof o.onStep !== 'function') fail('E_ARG', 'options.onStep', 'a function', o.onStep);
 
     const list: readonly GenerateInput[] = Array.isArray(input) ? input : [input as GenerateInput];
@@ -474,7 +481,7 @@ export class SpeculativeDecoder {
       return ids;
     });
     const req: Request = {
-      params, gamma, maxNewTokens: o.maxNewTokens as number, eos: Int32Array.from(tok.eosTokenIds), stops, signal,
+      params, gamma, maxNewTokens: o.maxNewTokens as number, eos: o.ignoreEos === true ? new Int32Array(0) : Int32Array.from(tok.eosTokenIds), stops, signal,
       onStep: o.onStep as Request['onStep'], aborted: false, seqs: [], open: list.length, failed: undefined,
       onChunk, done: () => {}, detach: () => {},
     };
