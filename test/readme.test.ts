@@ -14,8 +14,24 @@ describe('README', () => {
   it('starts with exactly the two fresh-machine commands', () => {
     const first = readme.split('```sh\n')[1]!.split('```')[0]!.trim().split('\n');
     expect(first).toHaveLength(2);
-    expect(first[0]).toMatch(/^npm ci && npx specula demo/);
+    expect(first[0]).toMatch(/^npm ci && npx specula bench /);
     expect(first[1]).toMatch(/^npm ci && npm test/);
+  });
+
+  it("shows the committed study's table: the one bench prints for bench/study/summary.json, with its charts", async () => {
+    const { benchTable } = await import('../src/cli-bench.js');
+    const summary = JSON.parse(readFileSync(path.join(root, 'bench', 'study', 'summary.json'), 'utf8'));
+    const rows = summary.results.map(({ draft, temperature, gamma, ...rest }: { draft: string; temperature: number; gamma: number }) =>
+      ({ draft, temperature, gamma, summary: rest }));
+    expect(rows.length).toBe(32);
+    const section = readme.split('## The temperature study')[1]!.split('\n## ')[0]!;
+    expect(section).toContain(benchTable(rows));
+    for (const png of ['speedup.png', 'acceptance.png']) {
+      expect(section).toContain(`](bench/study/${png})`);
+      expect([...readFileSync(path.join(root, 'bench', 'study', png)).subarray(1, 4)]).toEqual([0x50, 0x4e, 0x47]);
+    }
+    expect(summary.machines[0].cores).toBe(2);
+    expect(summary.maxNewTokens).toBe(128);
   });
 
   it('runs the KD example', () => {
