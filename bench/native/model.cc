@@ -103,7 +103,7 @@ std::vector<specula::TensorSpec> write_model(const specula::ModelConfig& c, WTyp
 int main(int argc, char** argv) {
   std::string dtype = "f32";
   int threads = 2;
-  bool quick = false, prefill_only = false, verify_only = false, decode_only = false;  // --*-only: for profilers
+  bool quick = false, prefill_only = false, verify_only = false, decode_only = false, verify1_only = false;  // --*-only: for profilers
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--dtype" && i + 1 < argc) dtype = argv[++i];
@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
     else if (a == "--prefill-only") prefill_only = true;
     else if (a == "--verify-only") verify_only = true;
     else if (a == "--decode-only") decode_only = true;
+    else if (a == "--verify1-only") verify1_only = true;
   }
   const WType wt = dtype == "bf16" ? WType::BF16 : dtype == "f16" ? WType::F16 : WType::F32;
   specula::ThreadPool::global().set_threads(threads);
@@ -171,7 +172,7 @@ int main(int argc, char** argv) {
   double prefill_s = 1e9;
   {
     specula::KvCache cache(model, 1, ctx + 16);
-    for (int r = 0; r < (quick || decode_only ? 1 : prefill_only ? 10 : 3); ++r) {
+    for (int r = 0; r < (quick || decode_only || verify1_only ? 1 : prefill_only ? 10 : 3); ++r) {
       cache.reset();
       specula::ForwardItem it{0, prompt.data(), ctx, 1};
       const auto t0 = bench::Clock::now();
@@ -196,7 +197,7 @@ int main(int argc, char** argv) {
     cache.forward(&it, 1, logits.data());
   }
   std::vector<double> dec;
-  const int steps = verify_only ? 1 : decode_only ? 300 : quick ? 10 : 40;
+  const int steps = verify_only || verify1_only ? 1 : decode_only ? 300 : quick ? 10 : 40;
   for (int r = 0; r < steps; ++r) {
     const int32_t tok = int32_t(r * 31 % V);
     specula::ForwardItem it{0, &tok, 1, 1};
@@ -215,7 +216,7 @@ int main(int argc, char** argv) {
   std::vector<double> ver;
   std::vector<int32_t> vt(40);
   for (size_t i = 0; i < 40; ++i) vt[i] = int32_t((i * 104729) % V);
-  for (int r = 0; r < (quick ? 5 : verify_only ? 100 : 15); ++r) {
+  for (int r = 0; r < (quick || verify1_only ? 1 : verify_only ? 100 : 15); ++r) {
     specula::ForwardItem items[8];
     for (size_t s = 0; s < 8; ++s) items[s] = {s, vt.data() + 5 * s, 5, 5};
     const auto t0 = bench::Clock::now();
@@ -224,10 +225,26 @@ int main(int argc, char** argv) {
     for (size_t s = 0; s < 8; ++s) cache.truncate(s, ctx);
   }
   const double verify_s = bench::median(ver);
+  // One sequence's verification pass in the engine: 1 x (gamma + 1) tokens, gamma 2, 4, 8.
+  const size_t one_n[3] = {3, 5, 9};
+  double one_s[3];
+  for (int g = 0; g < 3; ++g) {
+    std::vector<double> t1;
+    for (int r = 0; r < (quick ? 5 : verify_only ? 1 : verify1_only ? (g == 1 ? 300 : 1) : 15); ++r) {
+      specula::ForwardItem it{0, vt.data(), one_n[g], one_n[g]};
+      const auto t0 = bench::Clock::now();
+      cache.forward(&it, 1, logits.data());
+      t1.push_back(bench::seconds_since(t0));
+      cache.truncate(0, ctx);
+    }
+    one_s[g] = bench::median(t1);
+  }
   const double bound_s = wbytes / read_bw;
   std::printf("decode   %8.2f ms/token  %7.1f tokens/s  bandwidth bound %.2f ms: %.2f of it\n", decode_s * 1e3,
               1 / decode_s, bound_s * 1e3, bound_s / decode_s);
   std::printf("verify   %8.2f ms (8 x 5 tokens)  %.2f x decode\n", verify_s * 1e3, verify_s / decode_s);
+  std::printf("verify1  1 x 3 / 5 / 9 tokens: %.2f / %.2f / %.2f ms = %.2f / %.2f / %.2f x decode\n", one_s[0] * 1e3,
+              one_s[1] * 1e3, one_s[2] * 1e3, one_s[0] / decode_s, one_s[1] / decode_s, one_s[2] / decode_s);
   std::printf("prefill  %8.1f ms (1 x 512)  %6.1f GFLOP/s  %.2f of FMA peak\n", prefill_s * 1e3,
               prefill_flops / prefill_s / 1e9, prefill_flops / prefill_s / peak);
   return 0;
