@@ -1,7 +1,8 @@
 /**
  * bench(): the temperature study with its outputs: results.jsonl (one record per cell:
- * configuration, package version, machine, summary and raw per-run numbers) and
- * summary.json (every cell's summary), written to `out`.
+ * configuration, package version, machine, summary and raw per-run numbers; format in
+ * schema.ts), summary.json (every cell's summary) and the charts, written to `out`.
+ * merge(): the same outputs from the shards of a study.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -90,8 +91,8 @@ export function summaryOf(records: readonly CellRecord[]): Record<string, unknow
   };
 }
 
-/** Writes results.jsonl (in cell order), summary.json and the charts to `out`. */
-async function writeOutputs(out: string, unsorted: readonly CellRecord[]): Promise<string[]> {
+/** Writes results.jsonl, summary.json and the charts to `out`; returns the records in cell order and the files. */
+async function writeOutputs(out: string, unsorted: readonly CellRecord[]): Promise<BenchOutput> {
   const records = [...unsorted].sort((a, b) => a.config.cell - b.config.cell);
   try {
     await mkdir(out, { recursive: true });
@@ -102,7 +103,7 @@ async function writeOutputs(out: string, unsorted: readonly CellRecord[]): Promi
     const c = records[0]!.config;
     const charts = await writeCharts(out, records.map((r) => ({ draft: r.config.draft, temperature: r.config.temperature, gamma: r.config.gamma, summary: r.summary })),
       { target: c.target, prompts: c.prompts.count, seeds: c.seeds, maxNewTokens: c.maxNewTokens });
-    return [results, summary, ...charts];
+    return { records, out, files: [results, summary, ...charts] };
   } catch (err) {
     if (err instanceof SpeculaError) throw err;
     throw new SpeculaError('E_IO', `cannot write the study's outputs to ${out}: ${(err as Error).message}`);
@@ -174,8 +175,7 @@ export async function merge(inputs: readonly string[], out: string): Promise<Ben
       throw new SpeculaError('E_VALUE', `the shards cover ${byCell.size} of ${total} cells; missing cells ${missing.slice(0, 20).join(', ')}${missing.length > 20 ? ', ...' : ''}${hint}`);
     }
     const records = [...byCell.values()].map(({ record }) => ({ ...record, config: { ...record.config, shard: null } }));
-    const files = await writeOutputs(out, records);
-    return { records: records.sort((a, b) => a.config.cell - b.config.cell), out, files };
+    return await writeOutputs(out, records);
   } catch (err) {
     throw withCallerStack(err, caller);
   }
@@ -240,8 +240,7 @@ export async function bench(opts: BenchOptions): Promise<BenchOutput> {
       },
       summary: c.summary, runs: c.runs,
     }));
-    const files = await writeOutputs(o.out as string, records);
-    return { records, out: o.out as string, files };
+    return await writeOutputs(o.out as string, records);
   } catch (err) {
     throw withCallerStack(err, caller);
   }
