@@ -14,13 +14,9 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expectedTokensPerStep, initModel, predictedSpeedup, runtimeInfo, setThreads, SpeculativeDecoder } from '../dist/index.js';
+import { flag, opt } from './args.js';
 
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : def;
-};
-const quick = args.includes('--quick');
+const quick = flag('--quick');
 const threads = Number(opt('--threads', '2'));
 const tokens = Number(opt('--tokens', quick ? '32' : '96'));
 const root = opt('--dir', os.tmpdir());

@@ -14,13 +14,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { initModel, loadModel, runtimeInfo, setThreads } from '../dist/index.js';
 import { native } from '../dist/native.js';
+import { flag, opt } from './args.js';
 
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : def;
-};
-const quick = args.includes('--quick');
+const quick = flag('--quick');
 const threads = Number(opt('--threads', '2'));
 const dtypes = opt('--dtype', 'f32,bf16').split(',');
 const root = opt('--dir', os.tmpdir());

@@ -12,13 +12,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { initModel, loadModel, runtimeInfo, setThreads, Trainer } from '../dist/index.js';
 import { native } from '../dist/native.js';
+import { flag, opt } from './args.js';
 
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : def;
-};
-const quick = args.includes('--quick');
+const quick = flag('--quick');
 const threads = Number(opt('--threads', '2'));
 const B = Number(opt('--batch', '16'));
 const S = Number(opt('--seq-len', '256'));
