@@ -330,7 +330,7 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
   // Columns per task, a multiple of 16 (the widest tile): 64 in general, 128 for few rows
   // (decoding streams the weights: longer runs per task measured 3-5% faster; 32 and 256
   // were slower).
-  const size_t kCols = list.begin()->rows <= 4 ? 128 : 64;
+  const size_t kCols = list.begin()->rows <= 12 ? 128 : 64;
   struct Block {
     const simd::MatmulArgs* a;
     size_t n0, n1;
