@@ -78,7 +78,8 @@ void phi_series(double b, float* out /* c_2..c_12 */) {
 constexpr float kPrecise = 1e-3f;
 
 // One row: returns its divergence; writes its gradient times `gscale` if g != nullptr.
-double kd_row(const KdArgs& a, size_t row, double gscale, float* g) {
+// `next` is the row this thread does after this one (or a.rows: none), prefetched.
+double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g) {
   const size_t V = a.vocab;
   const double T = a.temperature, beta = a.beta;
   const float* zt = a.teacher + row * V;
@@ -106,6 +107,15 @@ double kd_row(const KdArgs& a, size_t row, double gscale, float* g) {
     return simd::KdChunk{zt + off, zs + off, P.e + off,  Q.e + off,           std::min(kChunk, V - off),
                          float(a),  float(b),  a,          b, inv_t, kk, mt, lp0, ms, lq0, kPrecise};
   };
+  // The first sweep of pass 2 also prefetches the next row.
+  auto first = [&](size_t c, double kk) {
+    simd::KdChunk ch = chunk(c, kk);
+    if (next < a.rows) {
+      ch.next_zt = a.teacher + next * V + c * kChunk;
+      ch.next_zs = a.student + next * V + c * kChunk;
+    }
+    return ch;
+  };
   const size_t chunks = P.csum.size();
   double s[6] = {0, 0, 0, 0, 0, 0};
   auto delta = [&] { return std::log(s[0]) - std::log(s[1]); };
@@ -126,7 +136,7 @@ double kd_row(const KdArgs& a, size_t row, double gscale, float* g) {
     case Divergence::TVD: {
       // fkl = -sum p r - delta, rkl = sum q r + delta, tvd = Q+ - P+.
       double t[10] = {0};
-      for (size_t c = 0; c < chunks; ++c) k.kd_plain(chunk(c, K), a.divergence == Divergence::TVD, t);
+      for (size_t c = 0; c < chunks; ++c) k.kd_plain(first(c, K), a.divergence == Divergence::TVD, t);
       const double dl = std::log(t[0]) - std::log(t[1]);
       const double qpos = t[7], qneg = t[8], q0 = t[9], qt = qpos + qneg + q0;
       if (a.divergence == Divergence::FKL) {
@@ -173,7 +183,7 @@ double kd_row(const KdArgs& a, size_t row, double gscale, float* g) {
       const size_t xq = size_t(Q.find_argmax());
       const double r0 = (double(zs[xq]) - double(zt[xq])) * inv_t + K;
       const simd::JsdRef hr = jsd_ref(r0, beta);
-      for (size_t c = 0; c < chunks; ++c) k.kd_jsd(chunk(c, K), js, g ? &hr : nullptr, s);
+      for (size_t c = 0; c < chunks; ++c) k.kd_jsd(first(c, K), js, g ? &hr : nullptr, s);
       loss = bregman();
       if (g) {
         const double lb = std::log(beta), l1b = std::log1p(-beta);
@@ -204,13 +214,22 @@ double kd_loss(const KdArgs& a, float* per_row, float* grad) {
   const double t2 = a.scale_t2 ? a.temperature * a.temperature : 1.0;
   const double gscale = included ? t2 / (a.temperature * double(included)) : 0.0;
   std::vector<double> losses(a.rows, 0.0);
-  ThreadPool::global().parallel_for(a.rows, [&](size_t r) {
-    float* g = grad ? grad + r * a.vocab : nullptr;
-    if (a.mask != nullptr && a.mask[r] == 0) {
-      if (g) std::memset(g, 0, a.vocab * sizeof(float));
-      return;
+  // Tasks are runs of consecutive rows, so that each row can prefetch the next one its
+  // thread will do; several runs per thread keep the load balanced. Rows are
+  // independent: the results do not depend on the grouping.
+  const size_t runs = std::min(a.rows, size_t(ThreadPool::global().threads()) * 4);
+  ThreadPool::global().parallel_for(runs, [&](size_t run) {
+    const size_t begin = a.rows * run / runs, end = a.rows * (run + 1) / runs;
+    for (size_t r = begin; r < end; ++r) {
+      float* g = grad ? grad + r * a.vocab : nullptr;
+      if (a.mask != nullptr && a.mask[r] == 0) {
+        if (g) std::memset(g, 0, a.vocab * sizeof(float));
+        continue;
+      }
+      size_t next = r + 1;
+      while (next < end && a.mask != nullptr && a.mask[next] == 0) ++next;
+      losses[r] = kd_row(a, r, next < end ? next : a.rows, gscale, g) * t2;
     }
-    losses[r] = kd_row(a, r, gscale, g) * t2;
   });
   double total = 0;
   for (size_t r = 0; r < a.rows; ++r) {

@@ -33,6 +33,11 @@ struct KdChunk {
   double mt, lp0;   // log p = (zt - mt) inv_t + lp0 (and ms, lq0 for q): the double path
   double ms, lq0;
   float tau;        // vectors with p or q above tau take p, q from double exponentials
+  // The same chunk of the row this thread does next, or nullptr: kd_plain and kd_jsd
+  // prefetch it into L2 one line per vector, so that the memory bus keeps streaming
+  // while pass 2 computes from cache (pass 1 of that row then reads from L2).
+  const float* next_zt = nullptr;
+  const float* next_zs = nullptr;
 };
 
 // Constants of the JSD kernels for a reference point r0 (kd.cc): with u(r) = 1 - beta +

@@ -21,6 +21,7 @@ struct V16 {
 constexpr const char* kLevelName = "avx2";
 
 inline void v_prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
+inline void v_prefetch_l2(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
 inline V16 v_set(float a) { return V16{_mm256_set1_ps(a), _mm256_set1_ps(a)}; }
 inline V16 v_zero() { return V16{_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 inline V16 v_load(const float* p) { return V16{_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }

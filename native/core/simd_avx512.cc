@@ -24,6 +24,7 @@ using V16 = __m512;
 constexpr const char* kLevelName = "avx512";
 
 inline void v_prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
+inline void v_prefetch_l2(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
 inline V16 v_set(float a) { return _mm512_set1_ps(a); }
 inline V16 v_zero() { return _mm512_setzero_ps(); }
 inline V16 v_load(const float* p) { return _mm512_loadu_ps(p); }

@@ -18,6 +18,7 @@ constexpr const char* kLevelName = "portable";
   for (int i = 0; i < 16; ++i) r.v[i] = (expr); \
   return r
 inline void v_prefetch(const float* p) { __builtin_prefetch(p); }
+inline void v_prefetch_l2(const float* p) { __builtin_prefetch(p, 0, 2); }
 inline V16 v_set(float a) { SPECULA_LANES(a); }
 inline V16 v_zero() { SPECULA_LANES(0.0f); }
 inline V16 v_load(const float* p) { SPECULA_LANES(p[i]); }
