@@ -107,10 +107,13 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
     return simd::KdChunk{zt + off, zs + off, P.e + off,  Q.e + off,           std::min(kChunk, V - off),
                          float(a),  float(b),  a,          b, inv_t, kk, mt, lp0, ms, lq0, kPrecise};
   };
-  // The first sweep of pass 2 also prefetches the next row.
+  // The first sweep of pass 2 also prefetches the next row, where this row's logits and
+  // exponentials and the next row's logits (24 bytes per token) fit a core's L2 (1.5 MiB
+  // of it assumed); larger rows would evict their own data (V = 128256 measured slower).
+  constexpr size_t kL2Budget = size_t(3) << 19;
   auto first = [&](size_t c, double kk) {
     simd::KdChunk ch = chunk(c, kk);
-    if (next < a.rows) {
+    if (next < a.rows && 24 * V <= kL2Budget) {
       ch.next_zt = a.teacher + next * V + c * kChunk;
       ch.next_zs = a.student + next * V + c * kChunk;
     }
