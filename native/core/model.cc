@@ -327,9 +327,9 @@ void KvCache::truncate(size_t seq, size_t length) {
 void KvCache::reset() { lengths_.assign(lengths_.size(), 0); }
 
 void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_list<size_t> ns) {
-  // Columns per task, a multiple of 16 (the widest tile): 64 in general, 128 for few rows
-  // (decoding streams the weights: longer runs per task measured 3-5% faster; 32 and 256
-  // were slower).
+  // Columns per task, a multiple of 16 (the widest tile): 64 in general, 128 for up to 12
+  // rows, the shapes that stream the weights (decoding and the one-tile sweeps of
+  // simd_model.inc): longer runs per task measured 3-5% faster; 32 and 256 were slower.
   const size_t kCols = list.begin()->rows <= 12 ? 128 : 64;
   struct Block {
     const simd::MatmulArgs* a;

@@ -119,6 +119,16 @@ void timed_mm(TrainTiming& tm, std::initializer_list<simd::MatmulArgs> list, std
   for (const simd::MatmulArgs& a : list) tm.matmul_flops += 2.0 * double(a.rows) * double(a.k) * double(*n++);
 }
 
+// RoPE on one head (rotate-half pairing): (v1, v2) <- (v1 cos - s v2 sin, v2 cos + s v1 sin),
+// s = 1 forward, s = -1 for the transposed rotation of the backward pass (exact sign flips).
+void rotate_halves(float* v, const float* cp, const float* sp, size_t half, float s) {
+  for (size_t i = 0; i < half; ++i) {
+    const float v1 = v[i], v2 = v[i + half];
+    v[i] = v1 * cp[i] - (s * v2) * sp[i];
+    v[i + half] = v2 * cp[i] + (s * v1) * sp[i];
+  }
+}
+
 }  // namespace
 
 // Activations of the last forward (what backward needs) and the backward scratch.
@@ -315,17 +325,7 @@ void Trainer::forward(const int32_t* tokens, size_t B, size_t S, float* logits) 
 
   float* x0 = A.at(A.xs);
   for (size_t t = 0; t < T; ++t) std::memcpy(x0 + t * H, W(0) + size_t(tokens[t]) * H, H * 4);
-  const float* cs = A.cos.data();
-  const float* sn = A.sin.data();
-  auto rope = [&](float* v, size_t pos) {
-    const float* cp = cs + pos * half;
-    const float* sp = sn + pos * half;
-    for (size_t i = 0; i < half; ++i) {
-      const float v1 = v[i], v2 = v[i + half];
-      v[i] = v1 * cp[i] - v2 * sp[i];
-      v[i + half] = v2 * cp[i] + v1 * sp[i];
-    }
-  };
+  auto rope = [&](float* v, size_t pos) { rotate_halves(v, A.cos.data() + pos * half, A.sin.data() + pos * half, half, 1.0f); };
 
   for (size_t l = 0; l < L; ++l) {
     const Acts::Layer& Y = A.layers[l];
@@ -543,16 +543,8 @@ void Trainer::backward(const float* dlogits) {
       }
     });
     // RoPE backward (the transposed rotation) on dq, dk.
-    const float* cs = A.cos.data();
-    const float* sn = A.sin.data();
     auto unrope = [&](float* d, size_t pos) {
-      const float* cp = cs + pos * half;
-      const float* sp = sn + pos * half;
-      for (size_t i = 0; i < half; ++i) {
-        const float d1 = d[i], d2 = d[i + half];
-        d[i] = d1 * cp[i] + d2 * sp[i];
-        d[i + half] = d2 * cp[i] - d1 * sp[i];
-      }
+      rotate_halves(d, A.cos.data() + pos * half, A.sin.data() + pos * half, half, -1.0f);
     };
     rows_parallel(T, qd + kvd, [&](size_t t) {
       for (size_t h = 0; h < c.heads; ++h) unrope(dq + t * qd + h * hd, t % S);
