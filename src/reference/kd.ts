@@ -44,6 +44,24 @@ export interface ReferenceKdResult {
 
 const DIVERGENCES: readonly Divergence[] = ['fkl', 'rkl', 'jsd', 'tvd'];
 
+/**
+ * Compensated (Neumaier) summation: the sums below add up to 50,000 terms, whose plain
+ * double rounding (~1e-16 per addition, growing with the count) would otherwise show in
+ * the divergences of near-identical rows, which are tiny differences of such sums.
+ */
+class Sum {
+  private s = 0;
+  private c = 0;
+  add(x: number): void {
+    const t = this.s + x;
+    this.c += Math.abs(this.s) >= Math.abs(x) ? (this.s - t) + x : (x - t) + this.s;
+    this.s = t;
+  }
+  get value(): number {
+    return this.s + this.c;
+  }
+}
+
 /** log(exp(a) + exp(b)), stable for finite a, b. */
 function logAddExp(a: number, b: number): number {
   const hi = Math.max(a, b), lo = Math.min(a, b);
@@ -51,19 +69,23 @@ function logAddExp(a: number, b: number): number {
 }
 
 /**
- * log softmax(z[start .. start+V) / T): out[x] = z[x]/T - logsumexp_y(z[y]/T),
- * computed with the maximum subtracted first so exp never overflows. out: (V)
+ * log softmax(z[start .. start+V) / T): out[x] = (z[x] - zmax)/T - log(sum_y exp((z[y] - zmax)/T)),
+ * with the maximum subtracted from the logits before dividing by T, so exp never
+ * overflows and a near-certain token's log-probability (close to 0) is not the small
+ * difference of two large numbers: the sum is 1 + (the others), and log1p of the others
+ * keeps their full precision. out: (V)
  */
 function logSoftmax(z: ArrayLike<number>, start: number, V: number, T: number): Float64Array {
   const out = new Float64Array(V);
-  let max = -Infinity;
+  let imax = 0;
+  for (let x = 1; x < V; x++) if (z[start + x]! > z[start + imax]!) imax = x;
+  const zmax = z[start + imax]!;
+  const rest = new Sum(); // sum of exp over every token but the (first) maximum
   for (let x = 0; x < V; x++) {
-    out[x] = z[start + x]! / T;
-    if (out[x]! > max) max = out[x]!;
+    out[x] = (z[start + x]! - zmax) / T;
+    if (x !== imax) rest.add(Math.exp(out[x]!));
   }
-  let sum = 0; // >= 1, since the maximum contributes exp(0)
-  for (let x = 0; x < V; x++) sum += Math.exp(out[x]! - max);
-  const lse = max + Math.log(sum);
+  const lse = Math.log1p(rest.value);
   for (let x = 0; x < V; x++) out[x] = out[x]! - lse;
   return out;
 }
@@ -82,38 +104,52 @@ function rowDivergence(
   switch (divergence) {
     case 'fkl': {
       // KL(p||q) = sum p (log p - log q)
-      let kl = 0;
-      for (let x = 0; x < V; x++) kl += p[x]! * (lp[x]! - lq[x]!);
+      const sum = new Sum();
+      for (let x = 0; x < V; x++) sum.add(p[x]! * (lp[x]! - lq[x]!));
+      const kl = sum.value;
       if (grad) for (let j = 0; j < V; j++) grad[j] = (q[j]! - p[j]!) / T;
       return kl;
     }
     case 'rkl': {
       // KL(q||p) = sum q (log q - log p)
-      let kl = 0;
-      for (let x = 0; x < V; x++) kl += q[x]! * (lq[x]! - lp[x]!);
+      const sum = new Sum();
+      for (let x = 0; x < V; x++) sum.add(q[x]! * (lq[x]! - lp[x]!));
+      const kl = sum.value;
       if (grad) for (let j = 0; j < V; j++) grad[j] = q[j]! * (lq[j]! - lp[j]! - kl) / T;
       return kl;
     }
     case 'jsd': {
-      // log m = log(beta p + (1-beta) q) = logaddexp(log beta + lp, log(1-beta) + lq)
+      // m = beta p + (1-beta) q; with r = lq - lp,
+      //   log(p/m) = -log(beta + (1-beta) e^r),  log(q/m) = -log(beta e^-r + (1-beta)),
+      // taken as -log1p((1-beta) expm1(r)) and -log1p(beta expm1(-r)) for |r| < 1, so
+      // that near-identical rows keep the precision of r (log m - log p as a difference
+      // of two log-probabilities would carry their rounding), else by logaddexp.
       const lb = Math.log(beta), l1b = Math.log1p(-beta);
-      const lm = new Float64Array(V);
-      for (let x = 0; x < V; x++) lm[x] = logAddExp(lb + lp[x]!, l1b + lq[x]!);
-      let klPM = 0, klQM = 0;
+      const pm = new Float64Array(V), qm = new Float64Array(V); // log(p/m), log(q/m)
       for (let x = 0; x < V; x++) {
-        klPM += p[x]! * (lp[x]! - lm[x]!);
-        klQM += q[x]! * (lq[x]! - lm[x]!);
+        const r = lq[x]! - lp[x]!;
+        const near = Math.abs(r) < 1;
+        pm[x] = near ? -Math.log1p((1 - beta) * Math.expm1(r)) : -logAddExp(lb, l1b + r);
+        qm[x] = near ? -Math.log1p(beta * Math.expm1(-r)) : -logAddExp(lb - r, l1b);
       }
-      if (grad) for (let j = 0; j < V; j++) grad[j] = (1 - beta) * q[j]! * (lq[j]! - lm[j]! - klQM) / T;
+      const sumPM = new Sum(), sumQM = new Sum();
+      for (let x = 0; x < V; x++) {
+        sumPM.add(p[x]! * pm[x]!);
+        sumQM.add(q[x]! * qm[x]!);
+      }
+      const klPM = sumPM.value, klQM = sumQM.value;
+      if (grad) for (let j = 0; j < V; j++) grad[j] = (1 - beta) * q[j]! * (qm[j]! - klQM) / T;
       return beta * klPM + (1 - beta) * klQM;
     }
     case 'tvd': {
       // 0.5 sum |p - q|; dL/dq_k = 0.5 sign(q_k - p_k)
-      let tv = 0, meanG = 0;
+      // |p - q| = max(p, q) (1 - e^-|r|), r = lq - lp: no cancellation where p ~ q.
+      const sumTv = new Sum(), sumG = new Sum();
       for (let x = 0; x < V; x++) {
-        tv += Math.abs(p[x]! - q[x]!);
-        meanG += q[x]! * 0.5 * Math.sign(q[x]! - p[x]!);
+        sumTv.add(-Math.max(p[x]!, q[x]!) * Math.expm1(-Math.abs(lq[x]! - lp[x]!)));
+        sumG.add(q[x]! * 0.5 * Math.sign(q[x]! - p[x]!));
       }
+      const tv = sumTv.value, meanG = sumG.value;
       if (grad) for (let j = 0; j < V; j++) grad[j] = q[j]! * (0.5 * Math.sign(q[j]! - p[j]!) - meanG) / T;
       return 0.5 * tv;
     }
