@@ -71,6 +71,51 @@ describe('kdLoss equals the float64 reference', () => {
       `${worstGrad.toExponential(2)} on ${checked} gradient entries > 1e-6`);
   });
 
+  it('near-identical rows (tiny noise, large offsets, peaked and flat) keep 1e-5 / 1e-4', () => {
+    // Where the student is the teacher plus noise of 3e-4 .. 1e-2 (and an offset of 0 or
+    // 35), divergences fall to 1e-16 .. 1e-5 and come from sums that cancel: every
+    // rounding of r = log q - log p, of delta (the measured normalisation) and of the
+    // side of r = 0 on which a near-certain token falls shows. The reference resolves
+    // these to ~1e-16 absolute, hence the floor.
+    let worstLoss = 0, worstGrad = 0;
+    for (const V of [1000, 32000]) {
+      const n = normal(rng(V + 5));
+      const cases: [number, number, number][] = [];
+      for (const scale of [1, 10]) for (const noise of [3e-4, 1e-2]) for (const offset of [0, 35]) cases.push([scale, noise, offset]);
+      const rows = cases.length;
+      const teacher = new Float32Array(rows * V), student = new Float32Array(rows * V);
+      cases.forEach(([scale, noise, offset], r) => {
+        for (let x = 0; x < V; x++) {
+          teacher[r * V + x] = scale * n();
+          student[r * V + x] = teacher[r * V + x]! + noise * n() + offset;
+        }
+      });
+      for (const divergence of DIVERGENCES) {
+        for (const temperature of [0.25, 1, 4]) {
+          const opts = { rows, vocab: V, divergence, temperature, grad: true };
+          const got = kdLoss(teacher, student, opts);
+          const want = referenceKdLoss(teacher, student, opts);
+          for (let r = 0; r < rows; r++) {
+            const where = `${divergence} V=${V} T=${temperature} (scale, noise, offset) = (${cases[r]}): ` +
+              `${got.perRow[r]} vs ${want.perRow[r]}`;
+            const err = Math.abs(got.perRow[r]! - want.perRow[r]!);
+            if (want.perRow[r]! > 1e-10) worstLoss = Math.max(worstLoss, err / want.perRow[r]!);
+            expect(err, where).toBeLessThanOrEqual(1e-5 * want.perRow[r]! + 1e-15);
+          }
+          for (let i = 0; i < rows * V; i++) {
+            const w = want.grad![i]!;
+            if (Math.abs(w) <= 1e-6) continue;
+            const e = Math.abs(got.grad![i]! - w) / Math.abs(w);
+            worstGrad = Math.max(worstGrad, e);
+            if (e > 1e-4) expect(e, `${divergence} V=${V} T=${temperature} entry ${i}: ${got.grad![i]} vs ${w}`).toBeLessThanOrEqual(1e-4);
+          }
+        }
+      }
+    }
+    console.log(`near-identical rows: worst relative error ${worstLoss.toExponential(2)} on losses > 1e-10, ` +
+      `${worstGrad.toExponential(2)} on gradient entries > 1e-6`);
+  });
+
   it('mask, the mean over included rows, T^2 scaling, and sync == async', async () => {
     const rows = 5, V = 300;
     const { teacher, student } = pairs(rows, V, 77);

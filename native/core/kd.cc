@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -99,13 +101,16 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   const simd::Kernels& k = simd::kernels();
   const double inv_t = 1.0 / T;
   const double mt = P.zmax, ms = Q.zmax, lp0 = -std::log(P.total), lq0 = -std::log(Q.total);
-  const double K = (mt - ms) * inv_t + lq0 - lp0;  // r~ = (zs - zt)/T + K
-  // Chunk c with r = (zs - zt)/T + kk; p and q divided by ps and qs.
+  // r~ = ((zs - ms) - (zt - mt))/T + K: the logits' offsets from their maxima are exact
+  // in double, so r~ carries no rounding of the (possibly large) (mt - ms)/T; the float
+  // path, which cannot resolve that anyway, uses (zs - zt)/T + (mt - ms)/T + K.
+  const double K = lq0 - lp0;
+  // Chunk c with r = ((zs - ms) - (zt - mt))/T + kk; p and q divided by ps and qs.
   auto chunk = [&](size_t c, double kk, double ps = 1, double qs = 1) {
     const size_t off = c * kChunk;
     const double a = P.scale[c] / P.total / ps, b = Q.scale[c] / Q.total / qs;
-    return simd::KdChunk{zt + off, zs + off, P.e + off,  Q.e + off,           std::min(kChunk, V - off),
-                         float(a),  float(b),  a,          b, inv_t, kk, mt, lp0, ms, lq0, kPrecise};
+    return simd::KdChunk{zt + off, zs + off, P.e + off, Q.e + off, std::min(kChunk, V - off), float(a), float(b), a, b,
+                         inv_t, (mt - ms) * inv_t + kk, kk, mt, lp0, ms, lq0, kPrecise};
   };
   // The first sweep of pass 2 also prefetches the next row, where this row's logits and
   // exponentials and the next row's logits (24 bytes per token) fit a core's L2 (1.5 MiB
@@ -121,15 +126,29 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   };
   const size_t chunks = P.csum.size();
   double s[6] = {0, 0, 0, 0, 0, 0};
-  auto delta = [&] { return std::log(s[0]) - std::log(s[1]); };
+  auto delta = [&] { return std::log(s[0]) - std::log(s[1]); };  // r - r~, measured
   double loss = 0;
 
   // Pass 2. fkl, rkl and tvd first take the cheap path (no transcendental per token):
   // fkl = -sum p r - delta, rkl = sum q r + delta, tvd = Q+ - P+ (the masses on the side
   // r > 0), each normalised by the measured sums. Where their float error is not below
-  // 1e-5 of the result (near-identical rows), the row is summed again in Bregman form (simd.h): non-negative O(r^2) terms,
-  // weighted by p (s[2]) and q (s[3]), first-order insensitive to delta.
-  auto bregman = [&] { return s[2] / s[0] + s[3] / s[1]; };
+  // 1e-5 of the result (near-identical rows), the row is summed again in Bregman form
+  // (simd.h): non-negative O(r^2) terms, weighted by p (s[2]) and q (s[3]), with the exact
+  // r = r~ + dl. The Bregman sums are off only by the square of what r is still off by:
+  // with r off by d (and p, q normalised by their measured sums), a divergence whose
+  // f-form has f''(1) = c (1 for fkl and rkl, beta (1 - beta) for jsd) comes out
+  // c d^2 / 2 too large, to relative O(r) terms; that is subtracted (see `bregman`).
+  auto bregman = [&](double d, double c) {
+    if (getenv("KDDBG")) fprintf(stderr, "bregman raw %.17g d %.3g corr %.3g s0-1 %.3g s1-1 %.3g\n", s[2] / s[0] + s[3] / s[1], d, 0.5*c*d*d, s[0]-1, s[1]-1);
+    return s[2] / s[0] + s[3] / s[1] - (getenv("KDNOCORR") ? 0 : 0.5 * c * d * d); };
+  // Every vector's p and q from double exponentials (not just those with a heavy token):
+  // the sums then give delta to double precision, not to the float rounding of pass 1's
+  // exponentials (~1e-9 after averaging), which the fkl gradient q - p = p (e^r - 1) of a
+  // near-identical row (r ~ 1e-4 and below) would feel.
+  auto precise = [](simd::KdChunk ch) {
+    if (!getenv("KDNOPREC")) ch.tau = -1.0f;
+    return ch;
+  };
   // The plain sums' float error is up to ~2e-6 of sum w|r| (tail tokens at low T carry
   // exp-argument rounding of ~6e-8 |t|): 2e-6 / 0.2 = 1e-5.
   constexpr double kCancel = 0.2;
@@ -138,40 +157,61 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
     case Divergence::RKL:
     case Divergence::TVD: {
       // fkl = -sum p r - delta, rkl = sum q r + delta, tvd = Q+ - P+.
-      double t[10] = {0};
+      double t[11] = {0};
       for (size_t c = 0; c < chunks; ++c) k.kd_plain(first(c, K), a.divergence == Divergence::TVD, t);
       const double dl = std::log(t[0]) - std::log(t[1]);
-      const double qpos = t[7], qneg = t[8], q0 = t[9], qt = qpos + qneg + q0;
       if (a.divergence == Divergence::FKL) {
         loss = -t[2] / t[0] - dl;
+        double dg = dl, sp = t[0], sq = t[1];  // the gradient's delta and normalisation
         if (loss < kCancel * t[4] / t[0]) {
-          for (size_t c = 0; c < chunks; ++c) k.kd_fkl(chunk(c, K), s);
-          loss = bregman();
+          for (size_t c = 0; c < chunks; ++c) k.kd_fkl(g ? precise(chunk(c, K + dl)) : chunk(c, K + dl), s);
+          loss = bregman(delta() - dl, 1.0);
+          dg = delta();
+          sp = s[0];
+          sq = s[1];
         }
         if (g)  // q - p with the exact r and the measured normalisation
-          for (size_t c = 0; c < chunks; ++c) k.kd_grad_fkl(chunk(c, K + dl, t[0], t[1]), float(gscale), g + c * kChunk);
+          for (size_t c = 0; c < chunks; ++c) k.kd_grad_fkl(chunk(c, K + dg, sp, sq), float(gscale), g + c * kChunk);
       } else if (a.divergence == Divergence::RKL) {
         const double C = t[3] / t[1];  // with r~: r - C is the same with the exact r
         loss = C + dl;
         if (loss < kCancel * t[5] / t[1]) {
-          for (size_t c = 0; c < chunks; ++c) k.kd_rkl(chunk(c, K), s);
-          loss = bregman();
+          for (size_t c = 0; c < chunks; ++c) k.kd_rkl(chunk(c, K + dl), s);
+          loss = bregman(delta() - dl, 1.0);
         }
         if (g)
           for (size_t c = 0; c < chunks; ++c) k.kd_grad_rkl(chunk(c, K), C, float(gscale / t[1]), g + c * kChunk);
       } else {
+        double qpos = t[7], qneg = t[8], q0 = t[9];
         const double Pp = qpos - t[6];  // p mass where r > 0
         loss = qpos / t[1] - Pp / t[0];
-        if (loss < kCancel * (qpos / t[1] + Pp / t[0])) {
-          // |q - p| per token with the exact r (the side of tokens near r = 0 matters here).
-          for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K + dl), s);
+        // Pass 2 put each token on its side of r = 0 by r~ = r - dl: tokens within |dl|
+        // of 0 may be on the wrong one, each off by |q - p| <= max(p, q) |r|. They lie in
+        // the band |r~| < kTvdBand (t[10]: their max(p, q) mass) as long as |dl| is well
+        // inside it; for the gradient's side masses none may be there.
+        const double band = t[10] * (simd::kTvdBand + std::fabs(dl));
+        const bool unsure = std::fabs(dl) > 0.5 * simd::kTvdBand || band > 1e-7 * loss || (g && t[10] > 0);
+        double dg = dl;  // the gradient's delta
+        if (unsure || loss < kCancel * (qpos / t[1] + Pp / t[0])) {
+          // |q - p| per token with the exact r, and each token's side of r = 0 by it. Unlike
+          // the Bregman sums, tvd moves at first order with r (d tvd / d r = (P+ - Q-) / 2,
+          // ~1/2 for a peaked row, whose tvd can be ~1e-8): so delta is measured first,
+          // precisely, and the row summed with it.
+          for (size_t c = 0; c < chunks; ++c) k.kd_tvd(precise(chunk(c, K + dl)), s);
+          dg = delta();
+          std::fill(s, s + 6, 0.0);
+          for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K + dg), s);
           loss = 0.5 * s[2] / s[1];
+          qpos = s[3];
+          qneg = s[4];
+          q0 = s[5];
         }
         if (g) {
+          const double qt = qpos + qneg + q0;
           const float cpos = float((qneg + 0.5 * q0) / qt), cneg = float(-(qpos + 0.5 * q0) / qt);
           const float czero = float(0.5 * (qneg - qpos) / qt);
           for (size_t c = 0; c < chunks; ++c)
-            k.kd_grad_tvd(chunk(c, K + dl), cpos, cneg, czero, float(gscale / t[1]), g + c * kChunk);
+            k.kd_grad_tvd(chunk(c, K + dg), cpos, cneg, czero, float(gscale / qt), g + c * kChunk);
         }
       }
       break;
@@ -184,10 +224,10 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
       // The gradient's row constant C = KL(q || m) = sum q h, h = log(q/m), is summed as
       // h(r) - h(r0) relative to r0 = r at the student's argmax, without cancellation.
       const size_t xq = size_t(Q.find_argmax());
-      const double r0 = (double(zs[xq]) - double(zt[xq])) * inv_t + K;
+      const double r0 = ((double(zs[xq]) - ms) - (double(zt[xq]) - mt)) * inv_t + K;
       const simd::JsdRef hr = jsd_ref(r0, beta);
       for (size_t c = 0; c < chunks; ++c) k.kd_jsd(first(c, K), js, g ? &hr : nullptr, s);
-      loss = bregman();
+      loss = bregman(delta(), beta * (1 - beta));  // r = r~ here: off by delta
       if (g) {
         const double lb = std::log(beta), l1b = std::log1p(-beta);
         const double C = -log_add_exp(l1b, lb - (r0 + delta())) + s[4] / s[1];

@@ -21,6 +21,9 @@ constexpr float kExpMin = -87.33654f;
 constexpr float kExpMax = 88.0f;
 
 // One chunk of a (teacher, student) row pair for the KD kernels (kd.h).
+// kd_plain's band around r = 0 for tvd (above any delta it is trusted with; kd.cc).
+constexpr float kTvdBand = 1e-6f;
+
 struct KdChunk {
   const float* zt;  // teacher logits (n)
   const float* zs;  // student logits (n)
@@ -29,7 +32,8 @@ struct KdChunk {
   size_t n;
   float a, b;       // p = et a, q = es b (probabilities, to float rounding)
   double ad, bd;    // the same factors in double, for the sums
-  double inv_t, k;  // r = log(q / p) = (zs - zt) inv_t + k, in double
+  double inv_t, k;  // r = log(q / p) = (zs - zt) inv_t + k (the float path)
+  double k_rel;     // r = ((zs - ms) - (zt - mt)) inv_t + k_rel (the double path: exact offsets)
   double mt, lp0;   // log p = (zt - mt) inv_t + lp0 (and ms, lq0 for q): the double path
   double ms, lq0;
   float tau;        // vectors with p or q above tau take p, q from double exponentials
@@ -106,7 +110,9 @@ struct Kernels {
   // kd.cc); then rkl adds [sum q r]; jsd adds [sum q (h(r) - h(hr->r0))] when hr is not
   // null; tvd instead uses sums[2..5] for [sum |q - p|, q mass where r > 0, r < 0, r = 0].
   // KD pass 2, the cheap path (kd.cc): sums += [sum p, sum q, sum p r, sum q r, sum p |r|,
-  // sum q |r|], and with tvd also [sum (q - p) where r > 0, q mass where r > 0, r < 0, r = 0].
+  // sum q |r|], and with tvd also [sum (q - p) where r > 0, q mass where r > 0, r < 0, r = 0,
+  // sum max(p, q) where |r| < kTvdBand] (the tokens whose side of r = 0 this pass's r, off
+  // by delta, may get wrong).
   void (*kd_plain)(const KdChunk& c, bool tvd, double* sums);
   void (*kd_fkl)(const KdChunk& c, double* sums);
   void (*kd_rkl)(const KdChunk& c, double* sums);
