@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -138,15 +136,13 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   // with r off by d (and p, q normalised by their measured sums), a divergence whose
   // f-form has f''(1) = c (1 for fkl and rkl, beta (1 - beta) for jsd) comes out
   // c d^2 / 2 too large, to relative O(r) terms; that is subtracted (see `bregman`).
-  auto bregman = [&](double d, double c) {
-    if (getenv("KDDBG")) fprintf(stderr, "bregman raw %.17g d %.3g corr %.3g s0-1 %.3g s1-1 %.3g\n", s[2] / s[0] + s[3] / s[1], d, 0.5*c*d*d, s[0]-1, s[1]-1);
-    return s[2] / s[0] + s[3] / s[1] - (getenv("KDNOCORR") ? 0 : 0.5 * c * d * d); };
+  auto bregman = [&](double d, double c) { return s[2] / s[0] + s[3] / s[1] - 0.5 * c * d * d; };
   // Every vector's p and q from double exponentials (not just those with a heavy token):
   // the sums then give delta to double precision, not to the float rounding of pass 1's
   // exponentials (~1e-9 after averaging), which the fkl gradient q - p = p (e^r - 1) of a
   // near-identical row (r ~ 1e-4 and below) would feel.
   auto precise = [](simd::KdChunk ch) {
-    if (!getenv("KDNOPREC")) ch.tau = -1.0f;
+    ch.tau = -1.0f;
     return ch;
   };
   // The plain sums' float error is up to ~2e-6 of sum w|r| (tail tokens at low T carry
