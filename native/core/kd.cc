@@ -188,14 +188,9 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
         // (r~ + dl): where the band holds any mass, one more pass takes them (kd_tvd).
         const double band = t[10] * (simd::kTvdBand + std::fabs(dl));
         const bool unsure = std::fabs(dl) > 0.5 * simd::kTvdBand || band > 1e-7 * loss;
+        const bool exact = unsure || loss < kCancel * (qpos / t[1] + Pp / t[0]);
         double dg = dl;  // the gradient's delta
-        if (!unsure && g && t[10] > 0 && loss >= kCancel * (qpos / t[1] + Pp / t[0])) {
-          for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K + dl), s);
-          loss = 0.5 * s[2] / s[1];
-          qpos = s[3];
-          qneg = s[4];
-          q0 = s[5];
-        } else if (unsure || loss < kCancel * (qpos / t[1] + Pp / t[0])) {
+        if (exact) {
           // |q - p| per token with the exact r, and each token's side of r = 0 by it. Unlike
           // the Bregman sums, tvd moves at first order with r (d tvd / d r = (P+ - Q-) / 2,
           // ~1/2 for a peaked row, whose tvd can be ~1e-8): so delta is measured first,
@@ -203,6 +198,8 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
           for (size_t c = 0; c < chunks; ++c) k.kd_tvd(precise(chunk(c, K + dl)), s);
           dg = delta();
           std::fill(s, s + 6, 0.0);
+        }
+        if (exact || (g && t[10] > 0)) {
           for (size_t c = 0; c < chunks; ++c) k.kd_tvd(chunk(c, K + dg), s);
           loss = 0.5 * s[2] / s[1];
           qpos = s[3];
