@@ -20,10 +20,10 @@ namespace specula::simd {
 constexpr float kExpMin = -87.33654f;
 constexpr float kExpMax = 88.0f;
 
-// One chunk of a (teacher, student) row pair for the KD kernels (kd.h).
 // kd_plain's band around r = 0 for tvd (above any delta it is trusted with; kd.cc).
 constexpr float kTvdBand = 1e-6f;
 
+// One chunk of a (teacher, student) row pair for the KD kernels (kd.h).
 struct KdChunk {
   const float* zt;  // teacher logits (n)
   const float* zs;  // student logits (n)
