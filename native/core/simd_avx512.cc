@@ -107,6 +107,8 @@ inline VD16 vd_ldexp_zero_below(VD16 p, VD16 n, VD16 x, VD16 lo) {
 }
 inline bool v_all(M16 m) { return m == 0xffff; }
 inline bool v_any(M16 m) { return m != 0; }
+// Bit i = lane i.
+inline uint32_t v_bits(M16 m) { return m; }
 // Lanes [0, n) true.
 inline M16 v_first(size_t n) { return __mmask16((1u << n) - 1u); }
 inline void vd_store(double* p, VD16 d) {

@@ -151,6 +151,12 @@ inline bool v_any(M16 m) {
     if (m.b[i]) return true;
   return false;
 }
+// Bit i = lane i.
+inline uint32_t v_bits(M16 m) {
+  uint32_t r = 0;
+  for (int i = 0; i < 16; ++i) r |= uint32_t(m.b[i]) << i;
+  return r;
+}
 inline M16 v_first(size_t n) {
   M16 r;
   for (int i = 0; i < 16; ++i) r.b[i] = size_t(i) < n;
