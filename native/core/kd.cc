@@ -154,7 +154,10 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
     case Divergence::TVD: {
       // fkl = -sum p r - delta, rkl = sum q r + delta, tvd = Q+ - P+.
       double t[11] = {0};
-      for (size_t c = 0; c < chunks; ++c) k.kd_plain(first(c, K), a.divergence == Divergence::TVD, t);
+      const simd::KdPlain mode = a.divergence == Divergence::FKL   ? simd::KdPlain::Fkl
+                                 : a.divergence == Divergence::RKL ? simd::KdPlain::Rkl
+                                                                   : simd::KdPlain::Tvd;
+      for (size_t c = 0; c < chunks; ++c) k.kd_plain(first(c, K), mode, t);
       const double dl = std::log(t[0]) - std::log(t[1]);
       if (a.divergence == Divergence::FKL) {
         loss = -t[2] / t[0] - dl;

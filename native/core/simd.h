@@ -23,6 +23,9 @@ constexpr float kExpMax = 88.0f;
 // kd_plain's band around r = 0 for tvd (above any delta it is trusted with; kd.cc).
 constexpr float kTvdBand = 1e-6f;
 
+// The divergence kd_plain sums for.
+enum class KdPlain { Fkl, Rkl, Tvd };
+
 // One chunk of a (teacher, student) row pair for the KD kernels (kd.h).
 struct KdChunk {
   const float* zt;  // teacher logits (n)
@@ -109,11 +112,12 @@ struct Kernels {
   // loss as two sums of non-negative terms, weighted by p and by q, to sums[2..3] (see
   // kd.cc); then rkl adds [sum q r]; jsd adds [sum q (h(r) - h(hr->r0))] when hr is not
   // null; tvd instead uses sums[2..5] for [sum |q - p|, q mass where r > 0, r < 0, r = 0].
-  // KD pass 2, the cheap path (kd.cc): sums += [sum p, sum q, sum p r, sum q r, sum p |r|,
-  // sum q |r|], and with tvd also [sum (q - p) where r > 0, q mass where r > 0, r < 0, r = 0,
-  // sum max(p, q) where |r| < kTvdBand] (the tokens whose side of r = 0 this pass's r, off
-  // by delta, may get wrong).
-  void (*kd_plain)(const KdChunk& c, bool tvd, double* sums);
+  // KD pass 2, the cheap path (kd.cc), for one divergence (KdPlain): sums[0..1] += [sum p,
+  // sum q]; then fkl: sums[2], sums[4] += [sum p r, sum p |r|]; rkl: sums[3], sums[5] +=
+  // [sum q r, sum q |r|]; tvd: sums[6..10] += [sum (q - p) where r > 0, q mass where r > 0,
+  // r < 0, r = 0, sum max(p, q) where |r| < kTvdBand] (the tokens whose side of r = 0 this
+  // pass's r, off by delta, may get wrong). Each sums only what its divergence uses.
+  void (*kd_plain)(const KdChunk& c, KdPlain d, double* sums);
   void (*kd_fkl)(const KdChunk& c, double* sums);
   void (*kd_rkl)(const KdChunk& c, double* sums);
   void (*kd_tvd)(const KdChunk& c, double* sums);
