@@ -39,7 +39,8 @@ struct KdChunk {
   double k_rel;     // r = ((zs - ms) - (zt - mt)) inv_t + k_rel (the double path: exact offsets)
   double mt, lp0;   // log p = (zt - mt) inv_t + lp0 (and ms, lq0 for q): the double path
   double ms, lq0;
-  float tau;        // vectors with p or q above tau take p, q from double exponentials
+  float tau;        // tokens (kd_plain, kd_jsd; whole vectors in the other passes) with p or q
+                    // above tau take p, q from double exponentials
   // The same chunk of the row this thread does next, or nullptr: kd_plain and kd_jsd
   // prefetch it into L2 one line per vector, so that the memory bus keeps streaming
   // while pass 2 computes from cache (pass 1 of that row then reads from L2).
