@@ -297,7 +297,8 @@ KvCache::KvCache(std::shared_ptr<const Model> model, size_t sequences, size_t ca
   if (capacity < 1 || capacity > c.context)
     throw Error(Code::Value, "capacity: expected an integer in [1, " + std::to_string(c.context) +
                                  "] (the model's context length), received " + std::to_string(capacity));
-  const double floats = double(c.layers) * double(sequences) * double(c.kv_heads) * double(capacity) * double(c.head_dim);
+  const double floats =
+      double(c.layers) * double(sequences) * double(c.kv_heads) * double(panel_capacity()) * double(c.head_dim);
   if (floats * 8 > 1e12)
     throw Error(Code::Value, "a KV cache of " + js_number(floats * 8) + " bytes is too large");
   try {
@@ -499,23 +500,52 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
       for (size_t g = 0; g < c.kv_heads; ++g) {
         float* kr = kk_.data() + t * lkv + g * hd;
         rope(kr, t);
-        float* kt = k_at(l, row_seq[t], g) + row_pos[t];  // keys transposed: [head_dim][capacity]
-        for (size_t d = 0; d < hd; ++d) kt[d * capacity_] = kr[d];
+        const size_t p = row_pos[t];
+        float* kp = k_at(l, row_seq[t], g) + p / 16 * hd * 16 + p % 16;  // panels of 16 positions
+        for (size_t d = 0; d < hd; ++d) kp[d * 16] = kr[d];
         std::memcpy(v_at(l, row_seq[t], g) + row_pos[t] * hd, vv_.data() + t * lkv + g * hd, hd * 4);
       }
     }
-    // One task per (kv head, up to 8 consecutive rows of one sequence): the query heads of
-    // a group share the keys and values, and the rows of a task find them in cache.
-    ThreadPool::global().parallel_for(attn_tasks.size() * c.kv_heads, [&](size_t task) {
+    // One task per (kv head, up to 8 consecutive rows of one sequence): the rows' query
+    // heads share each key and value loaded. Each thread takes every P-th task, so that it
+    // knows its next one and prefetches its keys while the values of this one compute.
+    const size_t ntask = attn_tasks.size() * c.kv_heads;
+    const size_t P = std::min<size_t>(size_t(ThreadPool::global().threads()), ntask);
+    auto attend_args = [&](size_t task) {
       const AttnTask& at = attn_tasks[task / c.kv_heads];
       const size_t g = task % c.kv_heads;
-      for (size_t t = at.row; t < at.row + at.rows; ++t) {
-        const size_t n = row_pos[t] + 1;
-        thread_local std::vector<float> scores;
-        const size_t need = group * pad16(n);
+      simd::AttendArgs aa;
+      aa.q = q_.data() + at.row * lq + g * group * hd;
+      aa.q_row = lq;
+      aa.q_head = hd;
+      aa.rows = at.rows;
+      aa.heads = group;
+      aa.n0 = row_pos[at.row] + 1;
+      aa.kp = k_at(l, row_seq[at.row], g);
+      aa.v = v_at(l, row_seq[at.row], g);
+      aa.ldv = hd;
+      aa.hd = hd;
+      aa.scale = scale;
+      aa.out = att_.data() + at.row * lq + g * group * hd;
+      aa.out_row = lq;
+      aa.out_head = hd;
+      aa.next_kp = nullptr;
+      aa.next_k_floats = 0;
+      return aa;
+    };
+    ThreadPool::global().parallel_for(P, [&](size_t w) {
+      thread_local std::vector<float> scores;
+      for (size_t task = w; task < ntask; task += P) {
+        simd::AttendArgs aa = attend_args(task);
+        const size_t need = aa.rows * group * (pad16(aa.n0 + aa.rows - 1) + hd);
         if (scores.size() < need) scores.resize(need);
-        K.attend(q_.data() + t * lq + g * group * hd, hd, group, k_at(l, row_seq[t], g), capacity_,
-                 v_at(l, row_seq[t], g), hd, n, hd, scale, scores.data(), att_.data() + t * lq + g * group * hd, hd);
+        aa.scores = scores.data();
+        if (task + P < ntask) {
+          const simd::AttendArgs next = attend_args(task + P);
+          aa.next_kp = next.kp;
+          aa.next_k_floats = pad16(next.n0 + next.rows - 1) * hd;
+        }
+        K.attend(aa);
       }
     });
     {

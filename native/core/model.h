@@ -154,10 +154,13 @@ class KvCache {
  private:
   float* k_at(size_t layer, size_t seq, size_t kv_head) { return k_.data() + slot(layer, seq, kv_head); }
   float* v_at(size_t layer, size_t seq, size_t kv_head) { return v_.data() + slot(layer, seq, kv_head); }
+  // Keys in panels of 16 positions (simd.h, AttendArgs), values one row per position;
+  // each slot holds the capacity rounded up to whole panels.
   size_t slot(size_t layer, size_t seq, size_t kv_head) const {
     const ModelConfig& c = model_->config();
-    return ((layer * lengths_.size() + seq) * c.kv_heads + kv_head) * capacity_ * c.head_dim;
+    return ((layer * lengths_.size() + seq) * c.kv_heads + kv_head) * panel_capacity() * c.head_dim;
   }
+  size_t panel_capacity() const { return (capacity_ + 15) / 16 * 16; }
 
   std::shared_ptr<const Model> model_;
   size_t capacity_;

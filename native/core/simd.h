@@ -89,6 +89,29 @@ struct MatmulArgs {
   bool accumulate;
 };
 
+// attend(): rows consecutive positions of one sequence, row r attending to positions
+// [0, n0 + r), n0 >= 1. Keys in panels of 16 positions (position j, dimension d at
+// kp[(j / 16) * hd * 16 + d * 16 + j % 16]: a panel is contiguous, and 16 positions of one
+// dimension fill a vector), so that the keys stream as one sequential read; the panels
+// up to position n0 + rows - 1 are read whole (lanes past the end must hold finite
+// values or zeros; they are computed and dropped).
+struct AttendArgs {
+  const float* q;  // row r, head h at q + r * q_row + h * q_head (hd floats)
+  size_t q_row, q_head;
+  size_t rows, heads, n0;
+  const float* kp;
+  const float* v;  // position j at v + j * ldv (hd floats)
+  size_t ldv, hd;
+  float scale;
+  float* scores;  // scratch: rows * heads * (n0 + rows - 1 rounded up to 16, + hd) floats
+  float* out;     // row r, head h at out + r * out_row + h * out_head (hd floats)
+  size_t out_row, out_head;
+  // Optional (null: none): keys of the call that comes next on this thread, prefetched
+  // into L2 while this one computes its values.
+  const float* next_kp;
+  size_t next_k_floats;
+};
+
 struct Kernels {
   const char* name;  // "avx512", "avx2" or "portable"
   // max(x[0..n)), n >= 1. Sets *bad = true if any element is NaN or +-Inf (else leaves it);
@@ -137,16 +160,13 @@ struct Kernels {
   // (n1 - n0) * k floats, where f16/bf16 weights are widened once when there are enough
   // rows to reuse them (the same values, so the same bits).
   void (*matmul)(const MatmulArgs& a, size_t n0, size_t n1, float* scratch);
-  // Causal attention of `heads` query heads that share one key/value head, over n cached
-  // positions: for each head h, s[j] = sum_d q_h[d] kt[d][j] (fused multiply-adds in
-  // increasing d), p = softmax(s * scale), out_h = (sum_j e_j v_j) / sum_j e_j with even
-  // and odd j in two sums added at the end.
-  // q (heads, hd) with row stride q_stride; kt (hd, n): keys transposed, row stride ldk;
-  // v (n, hd) with row stride ldv; scores: scratch of heads * (n rounded up to 16);
-  // out (heads, hd) with row stride out_stride. Each head's result is the same whatever
-  // `heads` (the grouping is only for speed).
-  void (*attend)(const float* q, size_t q_stride, size_t heads, const float* kt, size_t ldk, const float* v, size_t ldv,
-                 size_t n, size_t hd, float scale, float* scores, float* out, size_t out_stride);
+  // Causal attention of `heads` query heads that share one key/value head, for `rows`
+  // consecutive positions of one sequence (AttendArgs). For each row r and head h:
+  // s[j] = sum_d q[d] k_j[d] (fused multiply-adds in increasing d), p = softmax(s * scale)
+  // over the positions j < n0 + r, out = (sum_j e_j v_j, one sum in increasing j) / sum_j e_j.
+  // Each (row, head) result is the same whatever `rows` and `heads` (the grouping only
+  // lets the query vectors share the key and value loads).
+  void (*attend)(const AttendArgs& a);
   // RMSNorm: out = (x / sqrt(mean(x^2) + eps)) * w, n >= 1; the sum of squares as a dot.
   void (*rmsnorm)(const float* x, const float* w, size_t n, float eps, float* out);
   // SwiGLU: out[j] = g[j] / (1 + exp(-g[j])) * u[j].

@@ -194,6 +194,7 @@ inline void v_reduce16(const V16* acc, float* out) {
 }
 
 constexpr int kPeakChains = 6;  // k_fma_peak
+#define SPECULA_ATTEND_Q 2  // k_attend: query vectors per tile (16 registers)
 
 #include "simd_impl.inc"
 

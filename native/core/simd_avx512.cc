@@ -135,6 +135,7 @@ inline void v_reduce16(const V16* a, float* out) {
 }
 
 constexpr int kPeakChains = 12;  // k_fma_peak
+#define SPECULA_ATTEND_Q 6  // k_attend: query vectors per tile (6 x 4 accumulators + 4 loads fit the 32 registers)
 
 #include "simd_impl.inc"
 

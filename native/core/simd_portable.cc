@@ -183,6 +183,7 @@ inline void v_reduce16(const V16* acc, float* out) {
 }
 
 constexpr int kPeakChains = 4;  // k_fma_peak
+#define SPECULA_ATTEND_Q 2  // k_attend: query vectors per tile
 
 #include "simd_impl.inc"
 
