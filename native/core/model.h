@@ -129,10 +129,11 @@ struct ForwardItem {
 };
 
 // KV cache for up to `sequences` sequences of up to `capacity` positions each
-// (capacity <= config.context), f32: keys laid out [layer][seq][kv_head][head_dim][position]
-// (transposed, so that attention scores 16 positions per vector), values
-// [layer][seq][kv_head][position][head_dim]. Not thread-safe: one forward at a time per cache (the
-// TypeScript layer enforces it); the model may be shared by many caches.
+// (capacity <= config.context), f32: keys laid out [layer][seq][kv_head][position / 16][head_dim]
+// [position % 16] (panels of 16 positions: attention scores 16 positions per vector and
+// reads the keys as one stream), values [layer][seq][kv_head][position][head_dim]; the
+// capacity is rounded up to whole panels. Not thread-safe: one forward at a time per
+// cache (the TypeScript layer enforces it); the model may be shared by many caches.
 class KvCache {
  public:
   KvCache(std::shared_ptr<const Model> model, size_t sequences, size_t capacity);
