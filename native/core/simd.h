@@ -93,8 +93,8 @@ struct MatmulArgs {
 // [0, n0 + r), n0 >= 1. Keys in panels of 16 positions (position j, dimension d at
 // kp[(j / 16) * hd * 16 + d * 16 + j % 16]: a panel is contiguous, and 16 positions of one
 // dimension fill a vector), so that the keys stream as one sequential read; the panels
-// up to position n0 + rows - 1 are read whole (lanes past the end must hold finite
-// values or zeros; they are computed and dropped).
+// up to position n0 + rows - 1 are read whole (lanes past the last position may hold
+// anything: their scores are computed and dropped).
 struct AttendArgs {
   const float* q;  // row r, head h at q + r * q_row + h * q_head (hd floats)
   size_t q_row, q_head;
