@@ -535,13 +535,14 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
     };
     ThreadPool::global().parallel_for(P, [&](size_t w) {
       thread_local std::vector<float> scores;
+      simd::AttendArgs next = attend_args(w);  // w < ntask: P <= ntask
       for (size_t task = w; task < ntask; task += P) {
-        simd::AttendArgs aa = attend_args(task);
+        simd::AttendArgs aa = next;
         const size_t need = aa.rows * group * (pad16(aa.n0 + aa.rows - 1) + hd);
         if (scores.size() < need) scores.resize(need);
         aa.scores = scores.data();
         if (task + P < ntask) {
-          const simd::AttendArgs next = attend_args(task + P);
+          next = attend_args(task + P);
           aa.next_kp = next.kp;
           aa.next_k_floats = pad16(next.n0 + next.rows - 1) * hd;
         }
