@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -352,25 +353,36 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
   }
   start.push_back(total);
   // Each thread takes one run of consecutive blocks, about 1/P of the columns (a block
-  // goes to the thread whose share holds its first column): the kernels prefetch the
+  // goes to the run whose share holds its first column): the kernels prefetch the
   // weights that follow the tile or panel they compute, which are then the next ones this
   // thread computes. (With blocks handed out one at a time, those were mostly another
-  // thread's and each block started cold: 2% slower for 8 x 5 rows, 6% for 1 x 9.)
+  // thread's and each block started cold: 2% slower for 8 x 5 rows, 6% for 1 x 9.) A
+  // thread done with its run takes what is left of the others', so that a thread slowed
+  // by the machine (more threads than cores, other processes) holds up nothing.
   const size_t P = std::min(blocks.size(), size_t(ThreadPool::global().threads()));
   auto first_block = [&](size_t w) {
     return size_t(std::lower_bound(start.begin(), start.end() - 1, (total * w + P - 1) / P) - start.begin());
   };
+  std::vector<std::atomic<size_t>> next(P);  // each run's next unclaimed block
+  std::vector<size_t> end(P);
+  for (size_t w = 0; w < P; ++w) {
+    next[w].store(first_block(w), std::memory_order_relaxed);
+    end[w] = first_block(w + 1);
+  }
   const simd::Kernels& k = simd::kernels();
   ThreadPool::global().parallel_for(P, [&](size_t w) {
     thread_local FloatBuffer scratch;  // f16/bf16 weights widened once per block
-    for (size_t i = first_block(w), end = first_block(w + 1); i < end; ++i) {
-      const Block& b = blocks[i];
-      float* s = nullptr;
-      if (b.a->wtype != simd::WType::F32) {
-        scratch.reserve(kCols * b.a->k);
-        s = scratch.data();
+    for (size_t v = 0; v < P; ++v) {
+      const size_t run = (w + v) % P;
+      for (size_t i; (i = next[run].fetch_add(1, std::memory_order_relaxed)) < end[run];) {
+        const Block& b = blocks[i];
+        float* s = nullptr;
+        if (b.a->wtype != simd::WType::F32) {
+          scratch.reserve(kCols * b.a->k);
+          s = scratch.data();
+        }
+        k.matmul(*b.a, b.n0, b.n1, s);
       }
-      k.matmul(*b.a, b.n0, b.n1, s);
     }
   });
 }
