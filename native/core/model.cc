@@ -539,8 +539,9 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
       }
     }
     // One task per (kv head, up to 8 consecutive rows of one sequence): the rows' query
-    // heads share each key and value loaded. Each thread takes every P-th task, so that it
-    // knows its next one and prefetches its keys while the values of this one compute.
+    // heads share each key and value loaded. Each thread takes every P-th task, claiming
+    // its next one before it runs this one, so that it prefetches that one's keys while
+    // the values of this one compute.
     const size_t ntask = attn_tasks.size() * c.kv_heads;
     const size_t P = std::min<size_t>(size_t(ThreadPool::global().threads()), ntask);
     auto attend_args = [&](size_t task) {
@@ -565,16 +566,31 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
       aa.next_k_floats = 0;
       return aa;
     };
+    // A thread done with its tasks takes what is left of the others' (cursor[r]: the
+    // tasks of run r claimed so far), as in run_matmuls.
+    std::vector<std::atomic<size_t>> cursor(P);
+    for (auto& cr : cursor) cr.store(0, std::memory_order_relaxed);
     ThreadPool::global().parallel_for(P, [&](size_t w) {
       thread_local std::vector<float> scores;
-      simd::AttendArgs next = attend_args(w);  // w < ntask: P <= ntask
-      for (size_t task = w; task < ntask; task += P) {
+      size_t run = w;
+      auto claim = [&]() -> size_t {  // the next task: this thread's run first, then the others'
+        for (; run < w + P; ++run) {
+          const size_t r = run % P, task = r + P * cursor[r].fetch_add(1, std::memory_order_relaxed);
+          if (task < ntask) return task;
+        }
+        return ntask;
+      };
+      size_t task = claim();
+      if (task == ntask) return;
+      simd::AttendArgs next = attend_args(task);
+      while (task < ntask) {
         simd::AttendArgs aa = next;
         const size_t need = aa.rows * group * (pad16(aa.n0 + aa.rows - 1) + hd);
         if (scores.size() < need) scores.resize(need);
         aa.scores = scores.data();
-        if (task + P < ntask) {
-          next = attend_args(task + P);
+        task = claim();
+        if (task < ntask) {
+          next = attend_args(task);
           aa.next_kp = next.kp;
           aa.next_k_floats = pad16(next.n0 + next.rows - 1) * hd;
         }
