@@ -125,8 +125,12 @@ TEST_CASE(reduce_tree_is_bit_exact_across_levels) {
 TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
   std::mt19937_64 rng(2);
   const WType types[] = {WType::F32, WType::F16, WType::BF16};
-  for (int trial = 0; trial < 60; ++trial) {
-    const size_t rows = 1 + rng() % 14, K = 1 + rng() % 90, N = 1 + rng() % 70;
+  for (int trial = 0; trial < 72; ++trial) {
+    // The last trials: the many-row tiles (more than 12 rows, some past a 64-row block)
+    // with k past one part of the k split (simd_model.inc, kKPart = 768), and a tail.
+    const bool deep = trial >= 60;
+    const size_t rows = deep ? 13 + rng() % 63 : 1 + rng() % 14, K = deep ? 700 + rng() % 1000 : 1 + rng() % 90;
+    const size_t N = deep ? 1 + rng() % 30 : 1 + rng() % 70;
     const WType wt = types[trial % 3];
     const std::vector<float> x = randn(rng, rows * K, 1.0);
     const Stored w = store(randn(rng, N * K, 0.5), wt);
