@@ -1,14 +1,15 @@
 #include "model.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <new>
 #include <string>
+#include <utility>
 
 #include "error.h"
 #include "matmul.h"
@@ -363,26 +364,24 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
   auto first_block = [&](size_t w) {
     return size_t(std::lower_bound(start.begin(), start.end() - 1, (total * w + P - 1) / P) - start.begin());
   };
-  std::vector<std::atomic<size_t>> next(P);  // each run's next unclaimed block
-  std::vector<size_t> end(P);
+  std::vector<size_t> first(P), end(P);
   for (size_t w = 0; w < P; ++w) {
-    next[w].store(first_block(w), std::memory_order_relaxed);
+    first[w] = first_block(w);
     end[w] = first_block(w + 1);
   }
+  WorkRuns runs(std::move(first), std::move(end), 1);
   const simd::Kernels& k = simd::kernels();
   ThreadPool::global().parallel_for(P, [&](size_t w) {
     thread_local FloatBuffer scratch;  // f16/bf16 weights widened once per block
-    for (size_t v = 0; v < P; ++v) {
-      const size_t run = (w + v) % P;
-      for (size_t i; (i = next[run].fetch_add(1, std::memory_order_relaxed)) < end[run];) {
-        const Block& b = blocks[i];
-        float* s = nullptr;
-        if (b.a->wtype != simd::WType::F32) {
-          scratch.reserve(kCols * b.a->k);
-          s = scratch.data();
-        }
-        k.matmul(*b.a, b.n0, b.n1, s);
+    size_t visit = 0;
+    for (size_t i; (i = runs.claim(w, visit)) != SIZE_MAX;) {
+      const Block& b = blocks[i];
+      float* s = nullptr;
+      if (b.a->wtype != simd::WType::F32) {
+        scratch.reserve(kCols * b.a->k);
+        s = scratch.data();
       }
+      k.matmul(*b.a, b.n0, b.n1, s);
     }
   });
 }
@@ -566,30 +565,24 @@ void KvCache::forward(const ForwardItem* items, size_t count, float* logits) {
       aa.next_k_floats = 0;
       return aa;
     };
-    // A thread done with its tasks takes what is left of the others' (cursor[r]: the
-    // tasks of run r claimed so far), as in run_matmuls.
-    std::vector<std::atomic<size_t>> cursor(P);
-    for (auto& cr : cursor) cr.store(0, std::memory_order_relaxed);
+    // Run w: the tasks w, w + P, ...; a thread done with its run takes what is left of
+    // the others' (WorkRuns).
+    std::vector<size_t> first(P), end(P, ntask);
+    for (size_t w = 0; w < P; ++w) first[w] = w;
+    WorkRuns runs(std::move(first), std::move(end), P);
     ThreadPool::global().parallel_for(P, [&](size_t w) {
       thread_local std::vector<float> scores;
-      size_t run = w;
-      auto claim = [&]() -> size_t {  // the next task: this thread's run first, then the others'
-        for (; run < w + P; ++run) {
-          const size_t r = run % P, task = r + P * cursor[r].fetch_add(1, std::memory_order_relaxed);
-          if (task < ntask) return task;
-        }
-        return ntask;
-      };
-      size_t task = claim();
-      if (task == ntask) return;
+      size_t visit = 0;
+      size_t task = runs.claim(w, visit);
+      if (task == SIZE_MAX) return;
       simd::AttendArgs next = attend_args(task);
-      while (task < ntask) {
+      while (task != SIZE_MAX) {
         simd::AttendArgs aa = next;
         const size_t need = aa.rows * group * (pad16(aa.n0 + aa.rows - 1) + hd);
         if (scores.size() < need) scores.resize(need);
         aa.scores = scores.data();
-        task = claim();
-        if (task < ntask) {
+        task = runs.claim(w, visit);
+        if (task != SIZE_MAX) {
           next = attend_args(task);
           aa.next_kp = next.kp;
           aa.next_k_floats = pad16(next.n0 + next.rows - 1) * hd;

@@ -2,9 +2,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <utility>
 
 #if defined(__linux__)
 #include <sched.h>
@@ -174,6 +176,21 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t)>& fn) {
   job.error = nullptr;
   job.fn = nullptr;
   if (error) std::rethrow_exception(error);
+}
+
+WorkRuns::WorkRuns(std::vector<size_t> first, std::vector<size_t> end, size_t stride)
+    : first_(std::move(first)), end_(std::move(end)), stride_(stride), taken_(new std::atomic<size_t>[first_.size()]) {
+  for (size_t r = 0; r < first_.size(); ++r) taken_[r].store(0, std::memory_order_relaxed);
+}
+
+size_t WorkRuns::claim(size_t w, size_t& visit) {
+  const size_t P = first_.size();
+  for (; visit < P; ++visit) {
+    const size_t r = (w + visit) % P;
+    const size_t item = first_[r] + stride_ * taken_[r].fetch_add(1, std::memory_order_relaxed);
+    if (item < end_[r]) return item;
+  }
+  return SIZE_MAX;
 }
 
 }  // namespace specula

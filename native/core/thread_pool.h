@@ -58,4 +58,23 @@ class ThreadPool {
   std::atomic<int> threads_{1};
 };
 
+// Items split into runs, one per worker of a parallel_for(runs, ...): run r holds the
+// items first[r], first[r] + stride, ... below end[r]. Worker w claims its own run's items
+// in order, then what is left of the others' runs in turn, so that a worker slowed by the
+// machine (more threads than cores, other processes) holds up nothing, while each worker
+// still knows its next item (for prefetching) almost always. Every item is claimed once.
+class WorkRuns {
+ public:
+  WorkRuns(std::vector<size_t> first, std::vector<size_t> end, size_t stride);
+  size_t runs() const { return first_.size(); }
+  // Worker w's next item, or SIZE_MAX when none is left; `visit` (0 at the start, one per
+  // worker) is the worker's place among the runs and is advanced by the calls.
+  size_t claim(size_t w, size_t& visit);
+
+ private:
+  std::vector<size_t> first_, end_;
+  size_t stride_;
+  std::unique_ptr<std::atomic<size_t>[]> taken_;  // items claimed so far, per run
+};
+
 }  // namespace specula

@@ -1,6 +1,8 @@
 // The compute pool: every task runs once, the lowest failing task's exception wins,
-// nested and concurrent calls neither deadlock nor interleave, resizing works.
+// nested and concurrent calls neither deadlock nor interleave, resizing works; WorkRuns
+// hands every item out once.
 #include <atomic>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -68,3 +70,36 @@ TEST_CASE(resize) {
 }
 
 CHECK_MAIN()
+
+TEST_CASE(work_runs_claim_every_item_once_own_run_first) {
+  // Contiguous runs (the matrix blocks) and strided runs (the attention tasks): every item
+  // goes to exactly one worker; one worker alone takes its own run in order, then the
+  // others' in turn.
+  for (int threads : {1, 2, 3, 8}) {
+    ThreadPool pool(threads);
+    for (size_t stride : {size_t(1), size_t(3)}) {
+      const size_t P = 3, n = 1000;
+      std::vector<size_t> first(P), end(P), expected;
+      for (size_t r = 0; r < P; ++r) {
+        first[r] = stride == 1 ? n * r / P : r;
+        end[r] = stride == 1 ? n * (r + 1) / P : n;
+        for (size_t i = first[r]; i < end[r]; i += stride) expected.push_back(i);
+      }
+      specula::WorkRuns runs(std::move(first), std::move(end), stride);
+      std::vector<std::atomic<int>> hits(n);
+      std::vector<std::vector<size_t>> order(P);
+      pool.parallel_for(P, [&](size_t w) {
+        size_t visit = 0;
+        for (size_t i; (i = runs.claim(w, visit)) != SIZE_MAX;) {
+          hits[i].fetch_add(1);
+          order[w].push_back(i);
+        }
+      });
+      for (size_t i = 0; i < n; ++i) CHECK_EQ(hits[i].load(), 1);
+      if (threads == 1) {  // task 0 runs first and alone: it takes everything, in run order
+        CHECK(order[0] == expected);
+        CHECK(order[1].empty() && order[2].empty());
+      }
+    }
+  }
+}
