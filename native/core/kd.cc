@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "backend.h"
 #include "distribution.h"
 #include "error.h"
 #include "simd.h"
@@ -255,6 +256,7 @@ double kd_loss(const KdArgs& a, float* per_row, float* grad) {
     throw Error(Code::Value, "temperature: expected a finite number > 0, received " + js_number(a.temperature));
   if (a.divergence == Divergence::JSD && !(a.beta > 0 && a.beta < 1))
     throw Error(Code::Value, "beta: expected a number in (0, 1), received " + js_number(a.beta));
+  if (use_cuda(a.device, 2 * a.rows * a.vocab * sizeof(float))) return cuda::kd_loss(a, per_row, grad);
   size_t included = 0;
   for (size_t r = 0; r < a.rows; ++r) included += a.mask == nullptr || a.mask[r] != 0;
   const double t2 = a.scale_t2 ? a.temperature * a.temperature : 1.0;
@@ -286,11 +288,13 @@ double kd_loss(const KdArgs& a, float* per_row, float* grad) {
 }
 
 void acceptance_rate(const float* target, const float* draft, size_t rows, size_t vocab, ParamsView tp,
-                     ParamsView dp, float* out) {
+                     ParamsView dp, float* out, Device device) {
   if (vocab < 1 || vocab > size_t(INT32_MAX))
     throw Error(Code::Value, "vocab: expected an integer in [1, 2147483647], received " + std::to_string(vocab));
   validate_params(tp, rows, "target");
   validate_params(dp, rows, "draft");
+  if (use_cuda(device, 2 * rows * vocab * sizeof(float)))
+    return cuda::acceptance_rate(target, draft, rows, vocab, tp, dp, out);
   ThreadPool::global().parallel_for(rows, [&](size_t r) {
     Workspace& ws = workspace();
     const float* zt = target + r * vocab;

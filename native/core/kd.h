@@ -36,6 +36,7 @@ struct KdArgs {
   double beta = 0.5;               // jsd mixing, in (0, 1)
   const uint8_t* mask = nullptr;   // (R) 1 = include; nullptr = all
   bool scale_t2 = false;           // multiply loss, per-row values and gradient by T^2
+  Device device = Device::Cpu;     // backend.h
 };
 
 // Returns the mean loss over included rows (0 if none). per_row (R): each row's
@@ -46,6 +47,6 @@ double kd_loss(const KdArgs& args, float* per_row, float* grad);
 // out (R): sum_x min(p(x), q(x)) for p the target's and q the draft's sampling
 // distribution (temperature and filters exactly as in sample/verify).
 void acceptance_rate(const float* target, const float* draft, size_t rows, size_t vocab, ParamsView target_params,
-                     ParamsView draft_params, float* out);
+                     ParamsView draft_params, float* out, Device device = Device::Cpu);
 
 }  // namespace specula

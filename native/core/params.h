@@ -17,6 +17,10 @@ struct SamplingParams {
   double min_p = 0.0;
 };
 
+// Where a kernel runs (backend.h): the CPU, the CUDA backend, or CUDA when it is
+// available and the inputs are large enough to pay for the copies.
+enum class Device { Cpu = 0, Cuda = 1, Auto = 2 };
+
 // One value for all rows (size 1) or one per row.
 struct ParamsView {
   const SamplingParams* data = nullptr;

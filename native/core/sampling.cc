@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "backend.h"
 #include "distribution.h"
 #include "error.h"
 #include "philox.h"
@@ -36,6 +37,7 @@ void check_vocab(size_t vocab) {
 void sample(const SampleArgs& a, int32_t* out) {
   check_vocab(a.vocab);
   validate_params(a.params, a.rows, "params");
+  if (use_cuda(a.device, a.rows * a.vocab * sizeof(float))) return cuda::sample(a, out);
   ThreadPool::global().parallel_for(a.rows, [&](size_t r) {
     Workspace& ws = workspace();
     const float* z = a.logits + r * a.vocab;
@@ -49,9 +51,10 @@ void sample(const SampleArgs& a, int32_t* out) {
   });
 }
 
-void probabilities(const float* logits, size_t rows, size_t vocab, ParamsView params, float* out) {
+void probabilities(const float* logits, size_t rows, size_t vocab, ParamsView params, float* out, Device device) {
   check_vocab(vocab);
   validate_params(params, rows, "params");
+  if (use_cuda(device, rows * vocab * sizeof(float))) return cuda::probabilities(logits, rows, vocab, params, out);
   ThreadPool::global().parallel_for(rows, [&](size_t r) {
     const float* z = logits + r * vocab;
     float* p = out + r * vocab;
@@ -90,6 +93,8 @@ void verify(const VerifyArgs& a, const VerifyOut& o) {
                                      std::to_string(V) + "), received " + std::to_string(x));
     }
   }
+
+  if (use_cuda(a.device, (2 * G + 1) * B * V * sizeof(float))) return cuda::verify(a, o);
 
   // One task per (row, position): positions 0..L-1 verify a drafted token against its
   // draft row; each decides its own acceptance and, if it rejects, samples its residual

@@ -18,13 +18,15 @@ struct SampleArgs {
   ParamsView params;                 // 1 or R
   const uint64_t* seeds = nullptr;   // (R)
   const uint64_t* offsets = nullptr; // (R) position counters, nullptr = all 0
+  Device device = Device::Cpu;       // backend.h
 };
 
 // out (R): x ~ p_row with u = uniform(seed, offset, 0, sample).
 void sample(const SampleArgs& args, int32_t* out);
 
 // out (R, V): the distribution that sample() draws from.
-void probabilities(const float* logits, size_t rows, size_t vocab, ParamsView params, float* out);
+void probabilities(const float* logits, size_t rows, size_t vocab, ParamsView params, float* out,
+                   Device device = Device::Cpu);
 
 struct VerifyArgs {
   const float* target_logits = nullptr;  // (B, G+1, V)
@@ -35,6 +37,7 @@ struct VerifyArgs {
   ParamsView target, draft;              // 1 or B each
   const uint64_t* seeds = nullptr;       // (B)
   const uint64_t* offsets = nullptr;     // (B) position of each row's first drafted token; nullptr = 0
+  Device device = Device::Cpu;           // backend.h
 };
 
 struct VerifyOut {
