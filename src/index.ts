@@ -8,8 +8,9 @@ export { SpeculaError, type ErrorCode } from './errors.js';
 export {
   sample, sampleAsync, probabilities, probabilitiesAsync, verify, verifyAsync,
   type SampleOptions, type ProbabilitiesOptions, type VerifyOptions, type VerifyResult,
-  type SamplingParams, type PerRow,
+  type SamplingParams, type PerRow, type Device,
 } from './sampling.js';
+export { backends, type Backends, type BackendInfo } from './backends.js';
 export {
   kdLoss, kdLossAsync, acceptanceRate, acceptanceRateAsync,
   type Divergence, type KdLossOptions, type KdLossResult, type AcceptanceRateOptions,

@@ -6,7 +6,9 @@
  */
 import { withCallerStack } from './errors.js';
 import { native } from './native.js';
-import { dimension, fail, float32, knownKeys, object, packParams, type PerRow, type SamplingParams } from './validate.js';
+import {
+  dimension, fail, float32, knownKeys, object, packDevice, packParams, type Device, type PerRow, type SamplingParams,
+} from './validate.js';
 
 export type Divergence = 'fkl' | 'rkl' | 'jsd' | 'tvd';
 const DIVERGENCES: readonly Divergence[] = ['fkl', 'rkl', 'jsd', 'tvd'];
@@ -31,6 +33,8 @@ export interface KdLossOptions {
   gradOut?: Float32Array;
   /** Multiply loss, perRow and gradient by T^2 (Hinton et al.'s convention). */
   scaleByTemperatureSquared?: boolean;
+  /** Where it runs (default 'auto': CUDA when available and the logits are at least 4 MiB; see backends()). */
+  device?: Device;
 }
 
 export interface KdLossResult {
@@ -49,10 +53,12 @@ export interface AcceptanceRateOptions {
   target: PerRow<SamplingParams>;
   /** The draft's (default: the target's). */
   draft?: PerRow<SamplingParams>;
+  /** Where it runs (default 'auto': CUDA when available and the logits are at least 4 MiB; see backends()). */
+  device?: Device;
 }
 
-const KD_KEYS = ['rows', 'vocab', 'divergence', 'temperature', 'beta', 'mask', 'grad', 'gradOut', 'scaleByTemperatureSquared'] as const;
-const AR_KEYS = ['rows', 'vocab', 'target', 'draft'] as const;
+const KD_KEYS = ['rows', 'vocab', 'divergence', 'temperature', 'beta', 'mask', 'grad', 'gradOut', 'scaleByTemperatureSquared', 'device'] as const;
+const AR_KEYS = ['rows', 'vocab', 'target', 'draft', 'device'] as const;
 
 function prepareKd(teacherLogits: unknown, studentLogits: unknown, options: unknown) {
   const o = object('options', options);
@@ -95,7 +101,7 @@ function prepareKd(teacherLogits: unknown, studentLogits: unknown, options: unkn
     teacher, student, rows, vocab, divergence as 0 | 1 | 2 | 3, temperature, beta, mask,
     o.scaleByTemperatureSquared === true, perRow, grad,
   ] as const;
-  return { args, perRow, grad };
+  return { args, perRow, grad, device: packDevice(o.device) };
 }
 
 function result(loss: number, perRow: Float32Array, grad: Float32Array | null): KdLossResult {
@@ -111,8 +117,8 @@ function result(loss: number, perRow: Float32Array, grad: Float32Array | null): 
  * relative on losses and 1e-5 on gradient entries (see README, "KD numerics").
  */
 export function kdLoss(teacherLogits: Float32Array, studentLogits: Float32Array, options: KdLossOptions): KdLossResult {
-  const { args, perRow, grad } = prepareKd(teacherLogits, studentLogits, options);
-  return result(native().kdLoss(...args, false), perRow, grad);
+  const { args, perRow, grad, device } = prepareKd(teacherLogits, studentLogits, options);
+  return result(native().kdLoss(...args, false, device), perRow, grad);
 }
 
 /** kdLoss() on a worker thread. Do not modify the logits until the promise settles. */
@@ -120,9 +126,9 @@ export async function kdLossAsync(
   teacherLogits: Float32Array, studentLogits: Float32Array, options: KdLossOptions,
 ): Promise<KdLossResult> {
   const caller = new Error();
-  const { args, perRow, grad } = prepareKd(teacherLogits, studentLogits, options);
+  const { args, perRow, grad, device } = prepareKd(teacherLogits, studentLogits, options);
   try {
-    return result(await native().kdLoss(...args, true), perRow, grad);
+    return result(await native().kdLoss(...args, true, device), perRow, grad);
   } catch (err) {
     throw withCallerStack(err, caller);
   }
@@ -139,7 +145,7 @@ function prepareAcceptance(targetLogits: unknown, draftLogits: unknown, options:
     float32('draftLogits', draftLogits, rows * vocab, '[rows, vocab]'),
     rows, vocab, target, o.draft === undefined ? target : packParams('draft', o.draft, rows), new Float32Array(rows),
   ] as const;
-  return args;
+  return { args, device: packDevice(o.device) };
 }
 
 /**
@@ -149,8 +155,8 @@ function prepareAcceptance(targetLogits: unknown, draftLogits: unknown, options:
  * Without filters it is 1 - TVD(p, q) at that temperature. Logits: [rows, vocab].
  */
 export function acceptanceRate(targetLogits: Float32Array, draftLogits: Float32Array, options: AcceptanceRateOptions): Float32Array {
-  const args = prepareAcceptance(targetLogits, draftLogits, options);
-  native().acceptanceRate(...args, false);
+  const { args, device } = prepareAcceptance(targetLogits, draftLogits, options);
+  native().acceptanceRate(...args, false, device);
   return args[6];
 }
 
@@ -159,9 +165,9 @@ export async function acceptanceRateAsync(
   targetLogits: Float32Array, draftLogits: Float32Array, options: AcceptanceRateOptions,
 ): Promise<Float32Array> {
   const caller = new Error();
-  const args = prepareAcceptance(targetLogits, draftLogits, options);
+  const { args, device } = prepareAcceptance(targetLogits, draftLogits, options);
   try {
-    await native().acceptanceRate(...args, true);
+    await native().acceptanceRate(...args, true, device);
   } catch (err) {
     throw withCallerStack(err, caller);
   }

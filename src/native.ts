@@ -8,6 +8,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SpeculaError } from './errors.js';
 
+/** The kernels' device argument: 0 cpu, 1 cuda, 2 auto. */
+export type DeviceCode = 0 | 1 | 2;
+
 /** [temperature, topK (0 = off), topP (1 = off), minP (0 = off)] per entry. */
 export type PackedParams = Float64Array;
 
@@ -15,34 +18,35 @@ export interface Binding {
   setErrorClass(cls: typeof SpeculaError): void;
   sample(
     logits: Float32Array, rows: number, vocab: number, params: PackedParams,
-    seeds: BigUint64Array, offsets: Float64Array | null, out: Int32Array, async: boolean,
+    seeds: BigUint64Array, offsets: Float64Array | null, out: Int32Array, async: boolean, device: DeviceCode,
   ): undefined | Promise<void>;
   probabilities(
     logits: Float32Array, rows: number, vocab: number, params: PackedParams,
-    out: Float32Array, async: boolean,
+    out: Float32Array, async: boolean, device: DeviceCode,
   ): undefined | Promise<void>;
   verify(
     targetLogits: Float32Array, draftLogits: Float32Array, draftTokens: Int32Array,
     draftLengths: Int32Array | null, batch: number, gamma: number, vocab: number,
     target: PackedParams, draft: PackedParams, seeds: BigUint64Array, offsets: Float64Array | null,
     tokens: Int32Array, accepted: Int32Array, emitted: Int32Array,
-    acceptProbability: Float32Array, expectedAcceptance: Float32Array, async: boolean,
+    acceptProbability: Float32Array, expectedAcceptance: Float32Array, async: boolean, device: DeviceCode,
   ): undefined | Promise<void>;
   kdLoss(
     teacher: Float32Array, student: Float32Array, rows: number, vocab: number, divergence: 0 | 1 | 2 | 3,
     temperature: number, beta: number, mask: Uint8Array | null, scaleT2: boolean,
-    perRow: Float32Array, grad: Float32Array | null, async: false,
+    perRow: Float32Array, grad: Float32Array | null, async: false, device: DeviceCode,
   ): number;
   kdLoss(
     teacher: Float32Array, student: Float32Array, rows: number, vocab: number, divergence: 0 | 1 | 2 | 3,
     temperature: number, beta: number, mask: Uint8Array | null, scaleT2: boolean,
-    perRow: Float32Array, grad: Float32Array | null, async: true,
+    perRow: Float32Array, grad: Float32Array | null, async: true, device: DeviceCode,
   ): Promise<number>;
   acceptanceRate(
     target: Float32Array, draft: Float32Array, rows: number, vocab: number, targetParams: PackedParams,
-    draftParams: PackedParams, out: Float32Array, async: boolean,
+    draftParams: PackedParams, out: Float32Array, async: boolean, device: DeviceCode,
   ): undefined | Promise<void>;
   readPass(arrays: Float32Array[]): number;
+  backends(): { cuda: { built: boolean; available: boolean; reason: string; device: string } };
   /** Runs the FMA-peak loop on every pool thread; returns the flops done. */
   fmaPeak(iters: number): number;
   loadModel(config: NativeModelConfig, files: string[], tensors: NativeTensor[]): Promise<NativeModel>;

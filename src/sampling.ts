@@ -7,11 +7,11 @@
 import { withCallerStack } from './errors.js';
 import { native, type PackedParams } from './native.js';
 import {
-  dimension, fail, float32, int32, knownKeys, object, packOffsets, packParams, packSeeds,
-  type PerRow, type SamplingParams,
+  dimension, fail, float32, int32, knownKeys, object, packDevice, packOffsets, packParams, packSeeds,
+  type Device, type PerRow, type SamplingParams,
 } from './validate.js';
 
-export type { PerRow, SamplingParams };
+export type { Device, PerRow, SamplingParams };
 
 export interface SampleOptions {
   rows: number;
@@ -21,12 +21,16 @@ export interface SampleOptions {
   seeds: ArrayLike<number | bigint>;
   /** Position counter per row (default 0): the draw of row r is a pure function of (seeds[r], offsets[r]). */
   offsets?: ArrayLike<number>;
+  /** Where it runs (default 'auto': CUDA when available and the logits are at least 4 MiB; see backends()). */
+  device?: Device;
 }
 
 export interface ProbabilitiesOptions {
   rows: number;
   vocab: number;
   params: PerRow<SamplingParams>;
+  /** Where it runs (default 'auto': CUDA when available and the logits are at least 4 MiB; see backends()). */
+  device?: Device;
 }
 
 export interface VerifyOptions {
@@ -49,6 +53,8 @@ export interface VerifyOptions {
   seeds: ArrayLike<number | bigint>;
   /** Position of each row's first drafted token (default 0). */
   offsets?: ArrayLike<number>;
+  /** Where it runs (default 'auto': CUDA when available and the logits are at least 4 MiB; see backends()). */
+  device?: Device;
 }
 
 export interface VerifyResult {
@@ -64,11 +70,11 @@ export interface VerifyResult {
   expectedAcceptance: Float32Array;
 }
 
-const SAMPLE_KEYS = ['rows', 'vocab', 'params', 'seeds', 'offsets'] as const;
-const PROB_KEYS = ['rows', 'vocab', 'params'] as const;
+const SAMPLE_KEYS = ['rows', 'vocab', 'params', 'seeds', 'offsets', 'device'] as const;
+const PROB_KEYS = ['rows', 'vocab', 'params', 'device'] as const;
 const VERIFY_KEYS = [
   'targetLogits', 'draftLogits', 'draftTokens', 'draftLengths', 'batch', 'gamma', 'vocab',
-  'target', 'draft', 'seeds', 'offsets',
+  'target', 'draft', 'seeds', 'offsets', 'device',
 ] as const;
 
 /** The options shared by the row-wise kernels: rows, vocab, logits [rows, vocab], params. */
@@ -81,6 +87,7 @@ function prepareRows(logits: unknown, options: unknown, keys: readonly string[])
     o, rows, vocab,
     logits: float32('logits', logits, rows * vocab, '[rows, vocab]'),
     params: packParams('params', o.params, rows),
+    device: packDevice(o.device),
   };
 }
 
@@ -96,7 +103,7 @@ function prepareSample(logits: unknown, options: unknown) {
  */
 export function sample(logits: Float32Array, options: SampleOptions): Int32Array {
   const a = prepareSample(logits, options);
-  native().sample(a.logits, a.rows, a.vocab, a.params, a.seeds, a.offsets, a.out, false);
+  native().sample(a.logits, a.rows, a.vocab, a.params, a.seeds, a.offsets, a.out, false, a.device);
   return a.out;
 }
 
@@ -114,7 +121,7 @@ async function settle<T>(caller: Error, work: Promise<void> | undefined, result:
 export async function sampleAsync(logits: Float32Array, options: SampleOptions): Promise<Int32Array> {
   const caller = new Error();
   const a = prepareSample(logits, options);
-  return settle(caller, native().sample(a.logits, a.rows, a.vocab, a.params, a.seeds, a.offsets, a.out, true), a.out);
+  return settle(caller, native().sample(a.logits, a.rows, a.vocab, a.params, a.seeds, a.offsets, a.out, true, a.device), a.out);
 }
 
 function prepareProbabilities(logits: unknown, options: unknown) {
@@ -125,7 +132,7 @@ function prepareProbabilities(logits: unknown, options: unknown) {
 /** The distribution that sample() draws from, [rows, vocab] (rows sum to 1). */
 export function probabilities(logits: Float32Array, options: ProbabilitiesOptions): Float32Array {
   const a = prepareProbabilities(logits, options);
-  native().probabilities(a.logits, a.rows, a.vocab, a.params, a.out, false);
+  native().probabilities(a.logits, a.rows, a.vocab, a.params, a.out, false, a.device);
   return a.out;
 }
 
@@ -133,7 +140,7 @@ export function probabilities(logits: Float32Array, options: ProbabilitiesOption
 export async function probabilitiesAsync(logits: Float32Array, options: ProbabilitiesOptions): Promise<Float32Array> {
   const caller = new Error();
   const a = prepareProbabilities(logits, options);
-  return settle(caller, native().probabilities(a.logits, a.rows, a.vocab, a.params, a.out, true), a.out);
+  return settle(caller, native().probabilities(a.logits, a.rows, a.vocab, a.params, a.out, true, a.device), a.out);
 }
 
 function prepareVerify(options: unknown) {
@@ -161,7 +168,7 @@ function prepareVerify(options: unknown) {
     packSeeds(o.seeds, batch), packOffsets(o.offsets, batch),
     result.tokens, result.accepted, result.emitted, result.acceptProbability, result.expectedAcceptance,
   ] as const;
-  return { args, result };
+  return { args, result, device: packDevice(o.device) };
 }
 
 /**
@@ -173,14 +180,14 @@ function prepareVerify(options: unknown) {
  * exactly as if the target had sampled them one by one.
  */
 export function verify(options: VerifyOptions): VerifyResult {
-  const { args, result } = prepareVerify(options);
-  native().verify(...args, false);
+  const { args, result, device } = prepareVerify(options);
+  native().verify(...args, false, device);
   return result;
 }
 
 /** verify() on a worker thread. Do not modify the input arrays until the promise settles. */
 export async function verifyAsync(options: VerifyOptions): Promise<VerifyResult> {
   const caller = new Error();
-  const { args, result } = prepareVerify(options);
-  return settle(caller, native().verify(...args, true), result);
+  const { args, result, device } = prepareVerify(options);
+  return settle(caller, native().verify(...args, true, device), result);
 }

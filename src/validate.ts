@@ -167,3 +167,15 @@ export function packOffsets(v: unknown, rows: number): Float64Array | null {
   }
   return out;
 }
+
+/** Where a kernel runs: the CPU, the CUDA backend, or CUDA when it is available and the input is large enough to pay for the copies (the default). */
+export type Device = 'cpu' | 'cuda' | 'auto';
+const DEVICES: readonly Device[] = ['cpu', 'cuda', 'auto'];
+
+/** The `device` option as the addon's code (0 cpu, 1 cuda, 2 auto); undefined is 'auto'. */
+export function packDevice(v: unknown): 0 | 1 | 2 {
+  if (v === undefined) return 2;
+  const i = DEVICES.indexOf(v as Device);
+  if (i < 0) fail(typeof v === 'string' ? 'E_VALUE' : 'E_ARG', 'device', "'cpu', 'cuda' or 'auto'", v);
+  return i as 0 | 1 | 2;
+}

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "backend.h"
 #include "engine.h"
 #include "error.h"
 #include "kd.h"
@@ -258,7 +259,15 @@ Napi::Value dispatch(const Napi::CallbackInfo& info, size_t async_index, std::fu
   return dispatch_result(info, async_index, [w = std::move(work)] { return w(), 0.0; }, false);
 }
 
-// sample(logits, rows, vocab, params, seeds, offsets|null, out, async)
+// The `device` argument of the kernels: 0 cpu, 1 cuda, 2 auto (undefined: auto).
+specula::Device device_arg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || info[i].IsUndefined()) return specula::Device::Auto;
+  const size_t d = dim(info, i, "device");
+  if (d > 2) throw Error(Code::Value, "device: expected 0..2, received " + std::to_string(d));
+  return d == 0 ? specula::Device::Cpu : d == 1 ? specula::Device::Cuda : specula::Device::Auto;
+}
+
+// sample(logits, rows, vocab, params, seeds, offsets|null, out, async, device)
 Napi::Value Sample(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t rows = dim(info, 1, "rows"), vocab = dim(info, 2, "vocab");
@@ -267,8 +276,10 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
     auto seeds = std::make_shared<std::vector<uint64_t>>(seeds_arg(info, 4, rows));
     auto offsets = std::make_shared<std::vector<uint64_t>>(offsets_arg(info, 5, rows));
     const View<int32_t> out = typed<int32_t>(info, 6, "out", napi_int32_array, rows);
+    const specula::Device device = device_arg(info, 8);
     return dispatch(info, 7, [=] {
       specula::SampleArgs a;
+      a.device = device;
       a.logits = logits.data;
       a.rows = rows;
       a.vocab = vocab;
@@ -280,7 +291,7 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
   });
 }
 
-// probabilities(logits, rows, vocab, params, out, async)
+// probabilities(logits, rows, vocab, params, out, async, device)
 Napi::Value Probabilities(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t rows = dim(info, 1, "rows"), vocab = dim(info, 2, "vocab");
@@ -288,15 +299,17 @@ Napi::Value Probabilities(const Napi::CallbackInfo& info) {
     const View<float> logits = typed<float>(info, 0, "logits", napi_float32_array, n);
     auto params = std::make_shared<std::vector<specula::SamplingParams>>(params_arg(info, 3, "params"));
     const View<float> out = typed<float>(info, 4, "out", napi_float32_array, n);
+    const specula::Device device = device_arg(info, 6);
     return dispatch(info, 5, [=] {
-      specula::probabilities(logits.data, rows, vocab, specula::ParamsView{params->data(), params->size()}, out.data);
+      specula::probabilities(logits.data, rows, vocab, specula::ParamsView{params->data(), params->size()}, out.data,
+                             device);
     });
   });
 }
 
 // verify(targetLogits, draftLogits, draftTokens, draftLengths|null, batch, gamma, vocab,
 //        target, draft, seeds, offsets|null, tokens, accepted, emitted, acceptProbability,
-//        expectedAcceptance, async)
+//        expectedAcceptance, async, device)
 Napi::Value Verify(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t B = dim(info, 4, "batch"), G = dim(info, 5, "gamma"), V = dim(info, 6, "vocab");
@@ -316,8 +329,10 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     o.emitted = typed<int32_t>(info, 13, "out.emitted", napi_int32_array, B).data;
     o.accept_prob = typed<float>(info, 14, "out.acceptProbability", napi_float32_array, B * G).data;
     o.expected = typed<float>(info, 15, "out.expectedAcceptance", napi_float32_array, B * G).data;
+    const specula::Device device = device_arg(info, 17);
     return dispatch(info, 16, [=] {
       specula::VerifyArgs a;
+      a.device = device;
       a.target_logits = target.data;
       a.draft_logits = draft.data;
       a.draft_tokens = tokens.data;
@@ -341,7 +356,7 @@ double finite_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
 }
 
 // kdLoss(teacher, student, rows, vocab, divergence (0 fkl, 1 rkl, 2 jsd, 3 tvd), temperature,
-//        beta, mask|null, scaleT2, perRow, grad|null, async) -> loss
+//        beta, mask|null, scaleT2, perRow, grad|null, async, device) -> loss
 Napi::Value KdLoss(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t rows = dim(info, 2, "rows"), vocab = dim(info, 3, "vocab");
@@ -360,11 +375,12 @@ Napi::Value KdLoss(const Napi::CallbackInfo& info) {
     a.scale_t2 = info[8].ToBoolean().Value();
     float* per_row = typed<float>(info, 9, "out.perRow", napi_float32_array, rows).data;
     float* grad = typed<float>(info, 10, "out.grad", napi_float32_array, n, true).data;
+    a.device = device_arg(info, 12);
     return dispatch_result(info, 11, [=] { return specula::kd_loss(a, per_row, grad); }, true);
   });
 }
 
-// acceptanceRate(target, draft, rows, vocab, targetParams, draftParams, out, async)
+// acceptanceRate(target, draft, rows, vocab, targetParams, draftParams, out, async, device)
 Napi::Value AcceptanceRate(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t rows = dim(info, 2, "rows"), vocab = dim(info, 3, "vocab");
@@ -374,10 +390,26 @@ Napi::Value AcceptanceRate(const Napi::CallbackInfo& info) {
     auto tp = std::make_shared<std::vector<specula::SamplingParams>>(params_arg(info, 4, "target"));
     auto dp = std::make_shared<std::vector<specula::SamplingParams>>(params_arg(info, 5, "draft"));
     float* out = typed<float>(info, 6, "out", napi_float32_array, rows).data;
+    const specula::Device device = device_arg(info, 8);
     return dispatch(info, 7, [=] {
       specula::acceptance_rate(target.data, draft.data, rows, vocab, specula::ParamsView{tp->data(), tp->size()},
-                               specula::ParamsView{dp->data(), dp->size()}, out);
+                               specula::ParamsView{dp->data(), dp->size()}, out, device);
     });
+  });
+}
+
+// backends() -> { cuda: { built, available, reason, device } }
+Napi::Value Backends(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const specula::BackendStatus s = specula::cuda_status();
+    Napi::Object cuda = Napi::Object::New(info.Env());
+    cuda.Set("built", Napi::Boolean::New(info.Env(), s.built));
+    cuda.Set("available", Napi::Boolean::New(info.Env(), s.available));
+    cuda.Set("reason", Napi::String::New(info.Env(), s.reason));
+    cuda.Set("device", Napi::String::New(info.Env(), s.device));
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("cuda", cuda);
+    return out;
   });
 }
 
@@ -1102,6 +1134,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kdLoss", Napi::Function::New(env, KdLoss, "kdLoss"));
   exports.Set("acceptanceRate", Napi::Function::New(env, AcceptanceRate, "acceptanceRate"));
   exports.Set("readPass", Napi::Function::New(env, ReadPass, "readPass"));
+  exports.Set("backends", Napi::Function::New(env, Backends, "backends"));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
   exports.Set("threads", Napi::Function::New(env, Threads, "threads"));
   exports.Set("availableCores", Napi::Function::New(env, AvailableCores, "availableCores"));
