@@ -69,17 +69,8 @@ __device__ double block_sum(double v, Shared& sh) {
   return t;
 }
 
-__device__ int block_sum_int(int v, Shared& sh) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  __syncthreads();
-  if (lane == 0) sh.i[w] = v;
-  __syncthreads();
-  int t = 0;
-  for (int i = 0; i < kWarps; ++i) t += sh.i[i];
-  __syncthreads();
-  return t;
-}
+// Counts go through the double sum: exact below 2^53.
+__device__ int block_sum_int(int v, Shared& sh) { return int(block_sum(double(v), sh)); }
 
 __device__ int block_min_int(int v, Shared& sh) {
   for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_down_sync(0xffffffffu, v, o));
@@ -117,23 +108,10 @@ __device__ double block_scan(double v, double* total, Shared& sh) {
 }
 
 __device__ int block_scan_int(int v, int* total, Shared& sh) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  int inc = v;
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, inc, o);
-    if (lane >= o) inc += n;
-  }
-  __syncthreads();
-  if (lane == 31) sh.i[w] = inc;
-  __syncthreads();
-  int before = 0, t = 0;
-  for (int i = 0; i < kWarps; ++i) {
-    if (i < w) before += sh.i[i];
-    t += sh.i[i];
-  }
-  __syncthreads();
-  *total = t;
-  return before + inc - v;
+  double t;
+  const int before = int(block_scan(double(v), &t, sh));
+  *total = int(t);
+  return before;
 }
 
 // The 4 tokens x..x+3 of a row (x a multiple of 4); n of them exist.
