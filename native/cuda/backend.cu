@@ -464,14 +464,14 @@ __device__ double uniform(uint64_t seed, uint64_t pos, uint32_t domain) {
 // ---- kernels ----
 
 __global__ void k_sample(const float* logits, int V, const RowParams* params, int nparams, const uint64_t* seeds,
-                         const uint64_t* offsets, int32_t* out, int* bad) {
+                         const uint64_t* offsets, int32_t* out, long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
   const float* z = logits + size_t(r) * V;
   Dist d;
   build_dist(z, V, params[nparams == 1 ? 0 : r], d, sh);
   if (d.bad != INT_MAX) {
-    if (threadIdx.x == 0) atomicMin(bad, r);  // the host finds the token
+    if (threadIdx.x == 0) atomicMin(bad, (long long)(size_t(r) * V + d.bad));
     return;
   }
   if (d.greedy) {
@@ -484,14 +484,14 @@ __global__ void k_sample(const float* logits, int V, const RowParams* params, in
 }
 
 __global__ void k_probabilities(const float* logits, int V, const RowParams* params, int nparams, float* out,
-                                int* bad) {
+                                long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
   const float* z = logits + size_t(r) * V;
   Dist d;
   build_dist(z, V, params[nparams == 1 ? 0 : r], d, sh);
   if (d.bad != INT_MAX) {
-    if (threadIdx.x == 0) atomicMin(bad, r);
+    if (threadIdx.x == 0) atomicMin(bad, (long long)(size_t(r) * V + d.bad));
     return;
   }
   float* o = out + size_t(r) * V;
@@ -805,12 +805,29 @@ void launched(const char* what) {
                                js_number(value));
 }
 
-// The first non-finite token of row r (the device flagged the row).
-size_t first_bad_in_row(const float* z, size_t r, size_t V) {
-  for (size_t x = 0; x < V; ++x)
-    if (!std::isfinite(z[r * V + x])) return x;
-  return 0;
-}
+// Two device slots for the first non-finite flat index of two inputs (LLONG_MAX: none),
+// written by the kernels with atomicMin.
+struct BadFlags {
+  long long* dev;
+  explicit BadFlags(DeviceBuffers& m) : dev(m.alloc<long long>(2)) {
+    const long long none[2] = {LLONG_MAX, LLONG_MAX};
+    check(cudaMemcpy(dev, none, sizeof(none), cudaMemcpyHostToDevice), "copy to device");
+  }
+  void read(long long first[2]) const {
+    check(cudaMemcpy(first, dev, 2 * sizeof(long long), cudaMemcpyDeviceToHost), "copy to host");
+  }
+  // For inputs of rows of V logits: throws "name[flat] (row r, token t)" for the first
+  // flagged one (names[k], data[k]; data[1] unused when names[1] is null).
+  void throw_rows(const char* const names[2], const float* const data[2], size_t V) const {
+    long long first[2];
+    read(first);
+    for (int k = 0; k < 2; ++k)
+      if (names[k] && first[k] != LLONG_MAX) {
+        const size_t f = size_t(first[k]);
+        throw_nonfinite(names[k], "row " + std::to_string(f / V) + ", token " + std::to_string(f % V), f, data[k][f]);
+      }
+  }
+};
 
 void set_device() { check(cudaSetDevice(0), "cudaSetDevice"); }
 
@@ -862,20 +879,14 @@ void sample(const SampleArgs& a, int32_t* out, Timing* timing) {
   const uint64_t* seeds = m.upload(a.seeds, R);
   const uint64_t* offsets = a.offsets ? m.upload(a.offsets, R) : nullptr;
   int32_t* o = m.alloc<int32_t>(R);
-  int* bad = m.alloc<int>(1);
-  const int none = INT_MAX;
-  check(cudaMemcpy(bad, &none, sizeof(int), cudaMemcpyHostToDevice), "copy to device");
+  const BadFlags bad(m);
   ph.mark(1);
-  k_sample<<<unsigned(R), kThreads>>>(z, int(V), p, int(rp.size()), seeds, offsets, o, bad);
+  k_sample<<<unsigned(R), kThreads>>>(z, int(V), p, int(rp.size()), seeds, offsets, o, bad.dev);
   launched("sample kernel");
   ph.mark(2);
-  int first = none;
-  check(cudaMemcpy(&first, bad, sizeof(int), cudaMemcpyDeviceToHost), "copy to host");
-  if (first != none) {
-    const size_t x = first_bad_in_row(a.logits, size_t(first), V);
-    throw_nonfinite("logits", "row " + std::to_string(first) + ", token " + std::to_string(x), size_t(first) * V + x,
-                    a.logits[size_t(first) * V + x]);
-  }
+  const char* names[2] = {"logits", nullptr};
+  const float* data[2] = {a.logits, nullptr};
+  bad.throw_rows(names, data, V);
   check(cudaMemcpy(out, o, R * sizeof(int32_t), cudaMemcpyDeviceToHost), "copy to host");
   ph.mark(3);
 }
@@ -891,20 +902,14 @@ void probabilities(const float* logits, size_t rows, size_t vocab, ParamsView pa
   const float* z = m.upload(logits, R * V);
   const RowParams* p = m.upload(rp.data(), rp.size());
   float* o = m.alloc<float>(R * V);
-  int* bad = m.alloc<int>(1);
-  const int none = INT_MAX;
-  check(cudaMemcpy(bad, &none, sizeof(int), cudaMemcpyHostToDevice), "copy to device");
+  const BadFlags bad(m);
   ph.mark(1);
-  k_probabilities<<<unsigned(R), kThreads>>>(z, int(V), p, int(rp.size()), o, bad);
+  k_probabilities<<<unsigned(R), kThreads>>>(z, int(V), p, int(rp.size()), o, bad.dev);
   launched("probabilities kernel");
   ph.mark(2);
-  int first = none;
-  check(cudaMemcpy(&first, bad, sizeof(int), cudaMemcpyDeviceToHost), "copy to host");
-  if (first != none) {
-    const size_t x = first_bad_in_row(logits, size_t(first), V);
-    throw_nonfinite("logits", "row " + std::to_string(first) + ", token " + std::to_string(x), size_t(first) * V + x,
-                    logits[size_t(first) * V + x]);
-  }
+  const char* names[2] = {"logits", nullptr};
+  const float* data[2] = {logits, nullptr};
+  bad.throw_rows(names, data, V);
   check(cudaMemcpy(out, o, R * V * sizeof(float), cudaMemcpyDeviceToHost), "copy to host");
   ph.mark(3);
 }
@@ -933,19 +938,17 @@ void verify(const VerifyArgs& a, const VerifyOut& o, Timing* timing) {
   int32_t* emitted = m.alloc<int32_t>(B);
   float* aprob = m.alloc<float>(B * G);
   float* expected = m.alloc<float>(B * G);
-  long long* bad = m.alloc<long long>(2);
-  const long long none[2] = {LLONG_MAX, LLONG_MAX};
-  check(cudaMemcpy(bad, none, sizeof(none), cudaMemcpyHostToDevice), "copy to device");
+  const BadFlags bad(m);
   ph.mark(1);
   k_verify<<<unsigned(B * (G + 1)), kThreads>>>(zt, zd, dtok, len, int(G), int(V), dtp, int(tp.size()), ddp,
-                                                int(dp.size()), seeds, offsets, acc, cand, aprob, expected, bad);
+                                                int(dp.size()), seeds, offsets, acc, cand, aprob, expected, bad.dev);
   launched("verify kernel");
   k_verify_finish<<<unsigned((B + 127) / 128), 128>>>(dtok, len, int(B), int(G), acc, cand, tokens, accepted,
                                                       emitted, aprob, expected);
   launched("verify finish kernel");
   ph.mark(2);
   long long first[2];
-  check(cudaMemcpy(first, bad, sizeof(first), cudaMemcpyDeviceToHost), "copy to host");
+  bad.read(first);
   if (first[0] != LLONG_MAX) {
     const size_t f = size_t(first[0]), row = f / V, b = row / (G + 1), i = row % (G + 1);
     throw_nonfinite("targetLogits",
@@ -984,22 +987,14 @@ void acceptance_rate(const float* target, const float* draft, size_t rows, size_
   const RowParams* dtp = m.upload(tp.data(), tp.size());
   const RowParams* ddp = m.upload(dp.data(), dp.size());
   float* o = m.alloc<float>(R);
-  long long* bad = m.alloc<long long>(2);
-  const long long none[2] = {LLONG_MAX, LLONG_MAX};
-  check(cudaMemcpy(bad, none, sizeof(none), cudaMemcpyHostToDevice), "copy to device");
+  const BadFlags bad(m);
   ph.mark(1);
-  k_acceptance<<<unsigned(R), kThreads>>>(zt, zd, int(V), dtp, int(tp.size()), ddp, int(dp.size()), o, bad);
+  k_acceptance<<<unsigned(R), kThreads>>>(zt, zd, int(V), dtp, int(tp.size()), ddp, int(dp.size()), o, bad.dev);
   launched("acceptance kernel");
   ph.mark(2);
-  long long first[2];
-  check(cudaMemcpy(first, bad, sizeof(first), cudaMemcpyDeviceToHost), "copy to host");
-  for (int k = 0; k < 2; ++k)
-    if (first[k] != LLONG_MAX) {
-      const size_t f = size_t(first[k]);
-      throw_nonfinite(k == 0 ? "targetLogits" : "draftLogits",
-                      "row " + std::to_string(f / V) + ", token " + std::to_string(f % V), f,
-                      (k == 0 ? target : draft)[f]);
-    }
+  const char* names[2] = {"targetLogits", "draftLogits"};
+  const float* data[2] = {target, draft};
+  bad.throw_rows(names, data, V);
   check(cudaMemcpy(out, o, R * sizeof(float), cudaMemcpyDeviceToHost), "copy to host");
   ph.mark(3);
 }
@@ -1020,23 +1015,15 @@ double kd_loss(const KdArgs& a, float* per_row, float* grad, Timing* timing) {
   const uint8_t* mask = a.mask ? m.upload(a.mask, R) : nullptr;
   double* rows = m.alloc<double>(R);
   float* g = grad ? m.alloc<float>(R * V) : nullptr;
-  long long* bad = m.alloc<long long>(2);
-  const long long none[2] = {LLONG_MAX, LLONG_MAX};
-  check(cudaMemcpy(bad, none, sizeof(none), cudaMemcpyHostToDevice), "copy to device");
+  const BadFlags bad(m);
   ph.mark(1);
   k_kd<<<unsigned(R), kThreads>>>(zt, zs, int(V), int(a.divergence), a.temperature, a.beta, mask, t2, gscale, rows, g,
-                                  bad);
+                                  bad.dev);
   launched("kd kernel");
   ph.mark(2);
-  long long first[2];
-  check(cudaMemcpy(first, bad, sizeof(first), cudaMemcpyDeviceToHost), "copy to host");
-  for (int k = 0; k < 2; ++k)
-    if (first[k] != LLONG_MAX) {
-      const size_t f = size_t(first[k]);
-      throw_nonfinite(k == 0 ? "teacherLogits" : "studentLogits",
-                      "row " + std::to_string(f / V) + ", token " + std::to_string(f % V), f,
-                      (k == 0 ? a.teacher : a.student)[f]);
-    }
+  const char* names[2] = {"teacherLogits", "studentLogits"};
+  const float* data[2] = {a.teacher, a.student};
+  bad.throw_rows(names, data, V);
   std::vector<double> losses(R);
   check(cudaMemcpy(losses.data(), rows, R * sizeof(double), cudaMemcpyDeviceToHost), "copy to host");
   if (grad) check(cudaMemcpy(grad, g, R * V * sizeof(float), cudaMemcpyDeviceToHost), "copy to host");
