@@ -46,6 +46,10 @@ namespace cuda {
 // (params, lengths, token ids); non-finite logits are found on the device and reported
 // with the CPU's messages. Inputs are copied in and outputs out on every call.
 struct Timing {
+  // In: launch the kernels this many times on the same inputs (a benchmark's repeats;
+  // every launch writes the same outputs). kernel_ms is then the mean per launch.
+  int kernel_repeats = 1;
+  // Out: the three phases of the call, in milliseconds (CUDA events).
   double copy_in_ms = 0, kernel_ms = 0, copy_out_ms = 0;
 };
 void sample(const SampleArgs& args, int32_t* out, Timing* timing = nullptr);

@@ -775,6 +775,7 @@ struct Phases {
     cudaEventRecord(e[0]);
   }
   void mark(int i) { cudaEventRecord(e[i]); }
+  int repeats() const { return t && t->kernel_repeats > 1 ? t->kernel_repeats : 1; }
   ~Phases() {
     if (t) {
       cudaEventSynchronize(e[3]);
@@ -783,7 +784,7 @@ struct Phases {
       cudaEventElapsedTime(&b, e[1], e[2]);
       cudaEventElapsedTime(&c, e[2], e[3]);
       t->copy_in_ms = a;
-      t->kernel_ms = b;
+      t->kernel_ms = b / float(repeats());
       t->copy_out_ms = c;
     }
     for (auto& x : e) cudaEventDestroy(x);
@@ -881,8 +882,10 @@ void sample(const SampleArgs& a, int32_t* out, Timing* timing) {
   int32_t* o = m.alloc<int32_t>(R);
   const BadFlags bad(m);
   ph.mark(1);
-  k_sample<<<unsigned(R), kThreads>>>(z, int(V), p, int(rp.size()), seeds, offsets, o, bad.dev);
-  launched("sample kernel");
+  for (int rep = 0; rep < ph.repeats(); ++rep) {
+    k_sample<<<unsigned(R), kThreads>>>(z, int(V), p, int(rp.size()), seeds, offsets, o, bad.dev);
+    launched("sample kernel");
+  }
   ph.mark(2);
   const char* names[2] = {"logits", nullptr};
   const float* data[2] = {a.logits, nullptr};
@@ -904,8 +907,10 @@ void probabilities(const float* logits, size_t rows, size_t vocab, ParamsView pa
   float* o = m.alloc<float>(R * V);
   const BadFlags bad(m);
   ph.mark(1);
-  k_probabilities<<<unsigned(R), kThreads>>>(z, int(V), p, int(rp.size()), o, bad.dev);
-  launched("probabilities kernel");
+  for (int rep = 0; rep < ph.repeats(); ++rep) {
+    k_probabilities<<<unsigned(R), kThreads>>>(z, int(V), p, int(rp.size()), o, bad.dev);
+    launched("probabilities kernel");
+  }
   ph.mark(2);
   const char* names[2] = {"logits", nullptr};
   const float* data[2] = {logits, nullptr};
@@ -940,12 +945,14 @@ void verify(const VerifyArgs& a, const VerifyOut& o, Timing* timing) {
   float* expected = m.alloc<float>(B * G);
   const BadFlags bad(m);
   ph.mark(1);
-  k_verify<<<unsigned(B * (G + 1)), kThreads>>>(zt, zd, dtok, len, int(G), int(V), dtp, int(tp.size()), ddp,
-                                                int(dp.size()), seeds, offsets, acc, cand, aprob, expected, bad.dev);
-  launched("verify kernel");
-  k_verify_finish<<<unsigned((B + 127) / 128), 128>>>(dtok, len, int(B), int(G), acc, cand, tokens, accepted,
-                                                      emitted, aprob, expected);
-  launched("verify finish kernel");
+  for (int rep = 0; rep < ph.repeats(); ++rep) {
+    k_verify<<<unsigned(B * (G + 1)), kThreads>>>(zt, zd, dtok, len, int(G), int(V), dtp, int(tp.size()), ddp,
+                                                  int(dp.size()), seeds, offsets, acc, cand, aprob, expected, bad.dev);
+    launched("verify kernel");
+    k_verify_finish<<<unsigned((B + 127) / 128), 128>>>(dtok, len, int(B), int(G), acc, cand, tokens, accepted,
+                                                        emitted, aprob, expected);
+    launched("verify finish kernel");
+  }
   ph.mark(2);
   long long first[2];
   bad.read(first);
@@ -989,8 +996,10 @@ void acceptance_rate(const float* target, const float* draft, size_t rows, size_
   float* o = m.alloc<float>(R);
   const BadFlags bad(m);
   ph.mark(1);
-  k_acceptance<<<unsigned(R), kThreads>>>(zt, zd, int(V), dtp, int(tp.size()), ddp, int(dp.size()), o, bad.dev);
-  launched("acceptance kernel");
+  for (int rep = 0; rep < ph.repeats(); ++rep) {
+    k_acceptance<<<unsigned(R), kThreads>>>(zt, zd, int(V), dtp, int(tp.size()), ddp, int(dp.size()), o, bad.dev);
+    launched("acceptance kernel");
+  }
   ph.mark(2);
   const char* names[2] = {"targetLogits", "draftLogits"};
   const float* data[2] = {target, draft};
@@ -1017,9 +1026,11 @@ double kd_loss(const KdArgs& a, float* per_row, float* grad, Timing* timing) {
   float* g = grad ? m.alloc<float>(R * V) : nullptr;
   const BadFlags bad(m);
   ph.mark(1);
-  k_kd<<<unsigned(R), kThreads>>>(zt, zs, int(V), int(a.divergence), a.temperature, a.beta, mask, t2, gscale, rows, g,
-                                  bad.dev);
-  launched("kd kernel");
+  for (int rep = 0; rep < ph.repeats(); ++rep) {
+    k_kd<<<unsigned(R), kThreads>>>(zt, zs, int(V), int(a.divergence), a.temperature, a.beta, mask, t2, gscale, rows, g,
+                                    bad.dev);
+    launched("kd kernel");
+  }
   ph.mark(2);
   const char* names[2] = {"teacherLogits", "studentLogits"};
   const float* data[2] = {a.teacher, a.student};
