@@ -26,6 +26,7 @@
 #include "kd.h"
 #include "params.h"
 #include "sampling.h"
+#include "verify_case.h"
 
 using namespace specula;
 
@@ -108,53 +109,14 @@ int main(int argc, char** argv) {
   for (size_t V : Vs) {
     for (size_t G : Gs) {
       for (size_t B : Bs) {
-        // Target logits ~ 3 N(0, 1); draft = target + N(0, 1) noise (an alpha near 0.7).
-        std::vector<float> target(B * (G + 1) * V), draft(B * G * V);
-        bench::fill_normal(target.data(), target.size(), 3.0f, B * 7 + G * 131 + V);
-        bench::fill_normal(draft.data(), draft.size(), 1.0f, B * 11 + G + V * 3);
-        for (size_t b = 0; b < B; ++b)
-          for (size_t j = 0; j < G * V; ++j) draft[b * G * V + j] += target[b * (G + 1) * V + j];
+        bench::VerifyCase vc(B, G, V, &tp, &dp, [](const SampleArgs& a, int32_t* out) { cuda::sample(a, out); });
         const size_t R = B * G;
-        std::vector<uint64_t> seeds(R), offsets(R);
-        for (size_t r = 0; r < R; ++r) {
-          seeds[r] = 1000 + r / G;
-          offsets[r] = r % G;
-        }
-        SampleArgs sa;
-        sa.logits = draft.data();
-        sa.rows = R;
-        sa.vocab = V;
-        sa.params = ParamsView{&dp, 1};
-        sa.seeds = seeds.data();
-        sa.offsets = offsets.data();
-        std::vector<int32_t> tokens(R);
-        cuda::sample(sa, tokens.data());  // the draft tokens, sampled from the draft as the engine does
+        const cuda::Timing tv = timed([&](cuda::Timing* t) { cuda::verify(vc.verify, vc.out, t); });
+        print(Row{"verify", B, G, V, B * (2 * G + 1), vc.logit_bytes(), tv, vc.mean_accepted()});
 
-        std::vector<uint64_t> vseeds(B);
-        for (size_t b = 0; b < B; ++b) vseeds[b] = 1000 + b;
-        std::vector<int32_t> ot(B * (G + 1)), acc(B), em(B);
-        std::vector<float> ap(R), ex(R);
-        VerifyArgs va;
-        va.target_logits = target.data();
-        va.draft_logits = draft.data();
-        va.draft_tokens = tokens.data();
-        va.batch = B;
-        va.gamma = G;
-        va.vocab = V;
-        va.target = ParamsView{&tp, 1};
-        va.draft = ParamsView{&dp, 1};
-        va.seeds = vseeds.data();
-        const VerifyOut vo{ot.data(), acc.data(), em.data(), ap.data(), ex.data()};
-        const cuda::Timing tv = timed([&](cuda::Timing* t) { cuda::verify(va, vo, t); });
-        double accepted = 0;
-        for (size_t b = 0; b < B; ++b) accepted += acc[b];
-        const double bytes_v = 4.0 * double(target.size() + draft.size());
-        print(Row{"verify", B, G, V, B * (2 * G + 1), bytes_v, tv,
-                  accepted / double(B)});
-
-        const double bytes_d = 4.0 * double(draft.size());
+        const double bytes_d = 4.0 * double(vc.draft.size());
         std::vector<int32_t> out(R);
-        const cuda::Timing ts = timed([&](cuda::Timing* t) { cuda::sample(sa, out.data(), t); });
+        const cuda::Timing ts = timed([&](cuda::Timing* t) { cuda::sample(vc.sample, out.data(), t); });
         print(Row{"sample", B, G, V, R, bytes_d, ts, -1});
 
         if (B == 1) continue;  // the row kernels below at the batched sizes only
@@ -162,17 +124,17 @@ int main(int argc, char** argv) {
         // packed contiguously.
         std::vector<float> tpacked(R * V);
         for (size_t b = 0; b < B; ++b)
-          std::copy_n(target.data() + b * (G + 1) * V, G * V, tpacked.data() + b * G * V);
+          std::copy_n(vc.target.data() + b * (G + 1) * V, G * V, tpacked.data() + b * G * V);
         std::vector<float> arate(R);
         const cuda::Timing ta = timed([&](cuda::Timing* t) {
-          cuda::acceptance_rate(tpacked.data(), draft.data(), R, V, ParamsView{&tp, 1}, ParamsView{&dp, 1},
+          cuda::acceptance_rate(tpacked.data(), vc.draft.data(), R, V, ParamsView{&tp, 1}, ParamsView{&dp, 1},
                                 arate.data(), t);
         });
         print(Row{"acceptanceRate", B, G, V, R, 2 * bytes_d, ta, -1});
 
         KdArgs ka;
         ka.teacher = tpacked.data();
-        ka.student = draft.data();
+        ka.student = vc.draft.data();
         ka.rows = R;
         ka.vocab = V;
         ka.divergence = Divergence::FKL;

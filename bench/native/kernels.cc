@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "verify_case.h"
 #include "params.h"
 #include "sampling.h"
 #include "simd.h"
@@ -75,58 +76,20 @@ int main(int argc, char** argv) {
   for (size_t V : Vs) {
     for (size_t G : Gs) {
       for (size_t B : Bs) {
-        std::vector<float> target(B * (G + 1) * V), draft(B * G * V), noise(B * G * V);
-        bench::fill_normal(target.data(), target.size(), 3.0f, B * 7 + G * 131 + V);
-        bench::fill_normal(noise.data(), noise.size(), 1.0f, B * 11 + G + V * 3);
-        for (size_t b = 0; b < B; ++b)
-          for (size_t j = 0; j < G * V; ++j) draft[b * G * V + j] = target[b * (G + 1) * V + j] + noise[b * G * V + j];
-        std::vector<uint64_t> seeds(B * G), offsets(B * G);
-        for (size_t r = 0; r < B * G; ++r) {
-          seeds[r] = 1000 + r / G;
-          offsets[r] = r % G;
-        }
-        // Draft tokens sampled from the draft rows, as the engine will.
-        std::vector<int32_t> tokens(B * G);
-        SampleArgs sa;
-        sa.logits = draft.data();
-        sa.rows = B * G;
-        sa.vocab = V;
-        sa.params = ParamsView{&dp, 1};
-        sa.seeds = seeds.data();
-        sa.offsets = offsets.data();
-        sample(sa, tokens.data());
-
-        std::vector<uint64_t> vseeds(B);
-        for (size_t b = 0; b < B; ++b) vseeds[b] = 1000 + b;
-        std::vector<int32_t> ot(B * (G + 1)), acc(B), em(B);
-        std::vector<float> ap(B * G), ex(B * G);
-        VerifyArgs va;
-        va.target_logits = target.data();
-        va.draft_logits = draft.data();
-        va.draft_tokens = tokens.data();
-        va.batch = B;
-        va.gamma = G;
-        va.vocab = V;
-        va.target = ParamsView{&tp, 1};
-        va.draft = ParamsView{&dp, 1};
-        va.seeds = vseeds.data();
-        const VerifyOut vo{ot.data(), acc.data(), em.data(), ap.data(), ex.data()};
-
-        const float* arrays[2] = {target.data(), draft.data()};
-        const size_t lengths[2] = {target.size(), draft.size()};
+        bench::VerifyCase vc(B, G, V, &tp, &dp, [](const SampleArgs& a, int32_t* out) { sample(a, out); });
+        const float* arrays[2] = {vc.target.data(), vc.draft.data()};
+        const size_t lengths[2] = {vc.target.size(), vc.draft.size()};
         volatile double sink = 0;
         const double min_time = quick ? 0.3 : 1.0;
-        const Timing tv = measure([&] { verify(va, vo); }, [&] { sink = sink + read_pass(arrays, lengths, 2); }, 5, min_time);
-        double accepted = 0;
-        for (size_t b = 0; b < B; ++b) accepted += acc[b];
-        const double bytes_v = 4.0 * double(target.size() + draft.size());
+        const Timing tv = measure([&] { verify(vc.verify, vc.out); }, [&] { sink = sink + read_pass(arrays, lengths, 2); }, 5, min_time);
+        const double bytes_v = vc.logit_bytes();
         std::printf("| verify | %zu | %zu | %zu | %.0f | %.3f | %.1f | %.1f | %.2f | %.2f |\n", B, G, V, bytes_v / 1e6,
                     tv.kernel_s * 1e3, bytes_v / tv.kernel_s / 1e9, bytes_v / tv.baseline_s / 1e9,
-                    tv.baseline_s / tv.kernel_s, accepted / double(B));
+                    tv.baseline_s / tv.kernel_s, vc.mean_accepted());
 
         std::vector<int32_t> out(B * G);
-        const Timing ts = measure([&] { sample(sa, out.data()); }, [&] { sink = sink + read_pass(&arrays[1], &lengths[1], 1); }, 5, min_time);
-        const double bytes_s = 4.0 * double(draft.size());
+        const Timing ts = measure([&] { sample(vc.sample, out.data()); }, [&] { sink = sink + read_pass(&arrays[1], &lengths[1], 1); }, 5, min_time);
+        const double bytes_s = 4.0 * double(vc.draft.size());
         std::printf("| sample | %zu | %zu | %zu | %.0f | %.3f | %.1f | %.1f | %.2f | |\n", B * G, size_t(0), V, bytes_s / 1e6,
                     ts.kernel_s * 1e3, bytes_s / ts.kernel_s / 1e9, bytes_s / ts.baseline_s / 1e9, ts.baseline_s / ts.kernel_s);
         std::fflush(stdout);
