@@ -57,6 +57,7 @@ export interface Binding {
   threads(): number;
   availableCores(): number;
   simd(): 'avx512' | 'avx2' | 'portable';
+  amx(): boolean;
   setSimd(level: 'avx512' | 'avx2' | 'portable'): boolean;
 }
 

@@ -12,6 +12,11 @@ export interface RuntimeInfo {
   availableCores: number;
   /** Instruction set of the kernels, chosen at run time: 'avx512', 'avx2' or 'portable'. */
   simd: 'avx512' | 'avx2' | 'portable';
+  /**
+   * Whether products with bf16 weights run on AMX tiles (CPUs with AMX-BF16, unless
+   * SPECULA_AMX=0): as exact as the SIMD kernels, faster for many rows, other rounding.
+   */
+  amx: boolean;
 }
 
 /** specula's version, from package.json. */
@@ -30,5 +35,5 @@ export function getThreads(): number {
 
 export function runtimeInfo(): RuntimeInfo {
   const b = native();
-  return { version, threads: b.threads(), availableCores: b.availableCores(), simd: b.simd() };
+  return { version, threads: b.threads(), availableCores: b.availableCores(), simd: b.simd(), amx: b.amx() };
 }

@@ -31,6 +31,12 @@ describe('package', () => {
     expect(out.token).toBe(2);
     expect(out.info.version).toBe(JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')).version);
     expect(['avx512', 'avx2', 'portable']).toContain(out.info.simd);
+    expect(typeof out.info.amx).toBe('boolean');
+    // SPECULA_AMX=0 turns the AMX path of bf16 products off.
+    const off = execFileSync(process.execPath, ['--input-type=module', '-e',
+      "const m = await import('specula'); console.log(m.runtimeInfo().amx)"],
+    { cwd: root, encoding: 'utf8', env: { ...process.env, SPECULA_AMX: '0' } });
+    expect(off.trim()).toBe('false');
     for (const f of ['index.d.ts', 'sampling.d.ts', 'reference/index.d.ts', 'model/model.d.ts']) {
       expect(readFileSync(path.join(root, 'dist', f), 'utf8').length).toBeGreaterThan(0);
     }

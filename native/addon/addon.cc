@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "amx.h"
 #include "backend.h"
 #include "engine.h"
 #include "error.h"
@@ -1115,6 +1116,8 @@ Napi::Value AvailableCores(const Napi::CallbackInfo& info) {
 
 Napi::Value Simd(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), specula::simd::kernels().name); }
 
+Napi::Value Amx(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), specula::amx::enabled()); }
+
 Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     if (!info[0].IsString()) throw Error(Code::Arg, "level: expected a string, received " + describe(info[0]));
@@ -1140,6 +1143,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("availableCores", Napi::Function::New(env, AvailableCores, "availableCores"));
   exports.Set("simd", Napi::Function::New(env, Simd, "simd"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
+  exports.Set("amx", Napi::Function::New(env, Amx, "amx"));
   auto* data = env.GetInstanceData<AddonData>();
   Napi::Function model_class = NativeModel::Define(env);
   data->model_ctor = Napi::Persistent(model_class);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "amx.h"
 #include "check.h"
 #include "error.h"
 #include "engine.h"
@@ -176,6 +177,57 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
         if (first.empty()) first = y;
         else CHECK_MSG(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, "avx2 == avx512 bitwise");
       }
+    }
+  }
+}
+
+TEST_CASE(amx_bf16_matmul_matches_double_and_is_batch_invariant) {
+  // The AMX path of bf16 products (amx.h), where the CPU has it: against double sums of
+  // the bf16 weights times the f32 activations (the pieces make it as exact as the FMA
+  // kernels), each row alone giving the same bits as in any batch (1, 5, 40 and 100
+  // rows: one to five column groups), a last block of fewer than 16 weight rows, bias,
+  // accumulate, columns split between two calls, and a row stride past k.
+  if (!specula::amx::available()) {
+    std::printf("     (no AMX on this CPU: the AMX path is not tested here)\n");
+    return;
+  }
+  std::mt19937_64 rng(7);
+  for (int trial = 0; trial < 16; ++trial) {
+    const size_t rows_set[] = {1, 5, 40, 100};
+    const size_t rows = rows_set[trial % 4], K = 32 * (1 + rng() % 24), N = 1 + rng() % 90, ldx = K + trial % 3;
+    const std::vector<float> x = randn(rng, rows * ldx, trial % 2 ? 30.0 : 0.01);
+    const Stored w = store(randn(rng, N * K, 0.5), WType::BF16);
+    const std::vector<float> bias = randn(rng, N, 1.0);
+    const std::vector<float> y0 = randn(rng, rows * N, 1.0);
+    const bool use_bias = trial % 3 == 0, accumulate = trial % 4 < 2;
+    auto run = [&](const float* xs, size_t r_count, float* y) {
+      specula::simd::MatmulArgs a{xs, ldx, r_count, K, w.bytes.data(), WType::BF16, K,
+                                  use_bias ? bias.data() : nullptr, y, N, accumulate};
+      CHECK(specula::amx::usable(a));
+      std::vector<uint16_t> packed(specula::amx::packed_size(r_count, K));
+      specula::amx::pack(xs, ldx, r_count, K, packed.data());
+      const size_t split = N < 16 ? 0 : 16 * (rng() % (N / 16 + 1));  // two threads' column ranges
+      specula::amx::matmul(a, packed.data(), 0, split, N);
+      specula::amx::matmul(a, packed.data(), split, N, N);
+    };
+    std::vector<float> y = y0;
+    run(x.data(), rows, y.data());
+    for (size_t t = 0; t < rows; ++t)
+      for (size_t n = 0; n < N; ++n) {
+        double s = 0, mag = 0;
+        for (size_t j = 0; j < K; ++j) {
+          s += double(x[t * ldx + j]) * w.values[n * K + j];
+          mag += std::fabs(double(x[t * ldx + j]) * w.values[n * K + j]);
+        }
+        if (use_bias) s += bias[n];
+        if (accumulate) s += y0[t * N + n];
+        CHECK_MSG(std::fabs(y[t * N + n] - s) <= 1e-6 * (mag + 1) * 4,
+                  "amx rows=" + std::to_string(rows) + " K=" + std::to_string(K) + " N=" + std::to_string(N));
+      }
+    for (size_t t = 0; t < rows; t += 1 + rows / 7) {
+      std::vector<float> yr(y0.begin() + t * N, y0.begin() + (t + 1) * N);
+      run(x.data() + t * ldx, 1, yr.data());
+      CHECK_MSG(std::memcmp(yr.data(), y.data() + t * N, N * 4) == 0, "amx row alone");
     }
   }
 }

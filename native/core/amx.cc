@@ -1,0 +1,228 @@
+// bf16 matrix products on AMX (amx.h). Compiled with AMX and AVX-512 enabled for this
+// file's functions only; they run only after cpuid and the OS say the CPU has them.
+#include "amx.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11) || (defined(__clang__) && __clang_major__ >= 12))
+#define SPECULA_HAVE_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define SPECULA_HAVE_AMX 0
+#endif
+
+namespace specula::amx {
+namespace {
+
+bool detect() {
+#if SPECULA_HAVE_AMX
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return false;  // OSXSAVE
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool avx512f = (b >> 16) & 1, amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1;
+  if (!avx512f || !amx_bf16 || !amx_tile) return false;
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & 0x60000u) != 0x60000u) return false;  // XTILECFG and XTILEDATA enabled by the OS
+  // Linux hands out the tile data state on request (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA),
+  // for every thread of the process.
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+  return false;
+#endif
+}
+
+std::atomic<bool>& switch_on() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("SPECULA_AMX");
+    return !(e != nullptr && std::strcmp(e, "0") == 0);
+  }()};
+  return on;
+}
+
+constexpr size_t kTileElems = 512;  // bf16 in one B tile: 16 rows (k pairs) x 16 columns x 2
+
+size_t col_blocks(size_t rows) { return (3 * rows + 15) / 16; }
+
+}  // namespace
+
+bool available() {
+  static const bool a = detect();
+  return a;
+}
+
+bool enabled() { return available() && switch_on().load(std::memory_order_relaxed); }
+
+bool set_enabled(bool on) {
+  const bool was = enabled();
+  switch_on().store(on);
+  return was;
+}
+
+bool usable(const simd::MatmulArgs& a) { return a.wtype == simd::WType::BF16 && a.k % 32 == 0 && a.k > 0 && enabled(); }
+
+size_t packed_size(size_t rows, size_t k) { return (k / 32) * col_blocks(rows) * kTileElems; }
+
+#if SPECULA_HAVE_AMX
+
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized on its own _mm512_undefined_*.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,amx-tile,amx-bf16"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,amx-tile,amx-bf16")
+#endif
+
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0..5: accumulators (16 weight rows x 16 columns, f32); 6: weights (16 rows x 32
+// bf16); 7: activations (16 k pairs x 16 columns). Loaded once per thread.
+void configure() {
+  thread_local bool done = false;
+  if (done) return;
+  TileConfig c;
+  for (int i = 0; i < 8; ++i) {
+    c.rows[i] = 16;
+    c.colsb[i] = 64;
+  }
+  _tile_loadconfig(&c);
+  done = true;
+}
+
+}  // namespace
+
+void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out) {
+  const size_t kb = k / 32, cb = col_blocks(rows);
+  // Columns past 3 * rows in the last column block stay zero.
+  if (3 * rows % 16 != 0)
+    for (size_t b = 0; b < kb; ++b) std::memset(out + (b * cb + cb - 1) * kTileElems, 0, kTileElems * 2);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i pair_rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32(16));  // dword index of k pair i in a tile
+  const __m512i top = _mm512_set1_epi32(int(0xFFFF0000u));
+  for (size_t m = 0; m < rows; ++m) {
+    const float* xr = x + m * ldx;
+    for (size_t b = 0; b < kb; ++b) {
+      const __m512i lo16 = _mm512_castps_si512(_mm512_loadu_ps(xr + b * 32));
+      const __m512i hi16 = _mm512_castps_si512(_mm512_loadu_ps(xr + b * 32 + 16));
+      // The k pairs: e = x[2i], o = x[2i + 1], i = 0..15.
+      __m512 e = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo16, even, hi16));
+      __m512 o = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo16, odd, hi16));
+      for (size_t p = 0; p < 3; ++p) {
+        // This piece: the top 16 bits (truncation); the rest is exact in f32 and goes on.
+        const __m512i eb = _mm512_and_si512(_mm512_castps_si512(e), top);
+        const __m512i ob = _mm512_and_si512(_mm512_castps_si512(o), top);
+        const __m512i dw = _mm512_or_si512(ob, _mm512_srli_epi32(eb, 16));  // bf16 pair (even low, odd high)
+        const size_t c = 3 * m + p;
+        uint16_t* dst = out + (b * cb + c / 16) * kTileElems + (c % 16) * 2;
+        _mm512_i32scatter_epi32(dst, pair_rows, dw, 4);
+        e = _mm512_sub_ps(e, _mm512_castsi512_ps(eb));
+        o = _mm512_sub_ps(o, _mm512_castsi512_ps(ob));
+      }
+    }
+  }
+}
+
+void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t n1, size_t n) {
+  if (n0 >= n1 || a.rows == 0) return;
+  configure();
+  const size_t K = a.k, kb = K / 32, M = a.rows, cb = col_blocks(M);
+  // Groups of up to 6 column blocks (the accumulator tiles): 96 columns, the pieces of 32
+  // rows, so that every group holds whole rows. Groups go outside the weight rows: the
+  // block's weights (n1 - n0 <= 128 rows) and a group's activations stay in L2 while the
+  // other groups reuse them.
+  constexpr size_t kGroup = 6, kGroupRows = kGroup * 16 / 3;
+  thread_local std::vector<uint16_t> tail;  // a last block of fewer than 16 weight rows, zero-padded
+  alignas(64) float acc[16 * kGroup * 16];  // 16 weight rows x the group's columns
+  constexpr size_t lda = kGroup * 16;
+  const uint16_t* w = static_cast<const uint16_t*>(a.w);
+  for (size_t g = 0; g < cb; g += kGroup) {
+    const size_t gb = std::min(kGroup, cb - g);
+    const size_t m0 = g / kGroup * kGroupRows, m1 = std::min(M, m0 + kGroupRows);
+    for (size_t r0 = n0; r0 < n1; r0 += 16) {
+      const size_t nr = std::min<size_t>(16, n - r0);
+      const uint16_t* wb = w + r0 * a.ldw;
+      size_t ldw = a.ldw;
+      if (nr < 16) {
+        tail.assign(16 * K, 0);
+        for (size_t r = 0; r < nr; ++r) std::memcpy(tail.data() + r * K, wb + r * a.ldw, K * 2);
+        wb = tail.data();
+        ldw = K;
+      }
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      _tile_zero(4);
+      _tile_zero(5);
+      for (size_t kk = 0; kk < kb; ++kk) {
+        _tile_loadd(6, wb + kk * 32, ldw * 2);
+        const uint16_t* bt = packed + (kk * cb + g) * kTileElems;
+#define SPECULA_AMX_STEP(i)                  \
+  if (i < gb) {                              \
+    _tile_loadd(7, bt + i * kTileElems, 64); \
+    _tile_dpbf16ps(i, 6, 7);                 \
+  }
+        SPECULA_AMX_STEP(0)
+        SPECULA_AMX_STEP(1)
+        SPECULA_AMX_STEP(2)
+        SPECULA_AMX_STEP(3)
+        SPECULA_AMX_STEP(4)
+        SPECULA_AMX_STEP(5)
+#undef SPECULA_AMX_STEP
+      }
+#define SPECULA_AMX_STORE(i) \
+  if (i < gb) _tile_stored(i, acc + i * 16, lda * 4);
+      SPECULA_AMX_STORE(0)
+      SPECULA_AMX_STORE(1)
+      SPECULA_AMX_STORE(2)
+      SPECULA_AMX_STORE(3)
+      SPECULA_AMX_STORE(4)
+      SPECULA_AMX_STORE(5)
+#undef SPECULA_AMX_STORE
+      // y = ((hi + mid) + lo) + bias, then + y: the FMA kernels' order around the sum.
+      for (size_t m = m0; m < m1; ++m) {
+        float* y = a.y + m * a.ldy + r0;
+        for (size_t r = 0; r < nr; ++r) {
+          const float* sm = acc + r * lda + 3 * (m - m0);
+          float v = (sm[0] + sm[1]) + sm[2];
+          if (a.bias != nullptr) v += a.bias[r0 + r];
+          y[r] = a.accumulate ? y[r] + v : v;
+        }
+      }
+    }
+  }
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else  // !SPECULA_HAVE_AMX
+
+void pack(const float*, size_t, size_t, size_t, uint16_t*) {}
+void matmul(const simd::MatmulArgs&, const uint16_t*, size_t, size_t, size_t) {}
+
+#endif
+
+}  // namespace specula::amx

@@ -1,0 +1,44 @@
+// bf16 matrix products on Intel AMX (Sapphire Rapids and later), exact to f32 rounding.
+//
+// The weights stay as mapped ([N, K] bf16, rows of K): a 16-row block of them is the A
+// tile of TDPBF16PS, so nothing is repacked. Each activation x (f32) is split into three
+// bf16 pieces, x = hi + mid + lo exactly (8 + 8 + 8 significant bits), laid out as
+// the B tile's columns: column 3m + p holds piece p of row m. Every product of a bf16
+// weight and a bf16 piece is exact in f32, so each output is three f32-accumulated dot
+// products, summed as (hi + mid) + lo: the same accuracy as the f32 FMA kernels (about
+// 4e-8 of sum |w x| measured), at the tiles' rate rather than 16 lanes per FMA.
+//
+// Batch invariance holds: whether a product runs here depends only on the CPU, the
+// weight type and K (never on the number of rows), and each output column is computed on
+// its own, in the same order whatever the other rows are. The results differ from the
+// FMA kernels' by rounding, so on a CPU with AMX the avx2 and avx512 levels agree
+// bitwise on bf16 weights only with AMX off (set_enabled(false), or SPECULA_AMX=0).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "simd.h"
+
+namespace specula::amx {
+
+// The CPU has AMX-TILE and AMX-BF16 and the OS granted this process the tile state.
+bool available();
+// available() and not turned off (SPECULA_AMX=0 in the environment, or set_enabled).
+bool enabled();
+// Turns the AMX path on (where available) or off for the whole process; returns the
+// previous value of enabled(). For tests and benchmarks: not for use while products run.
+bool set_enabled(bool on);
+
+// Whether this product runs on AMX: enabled(), bf16 weights and K a multiple of 32.
+bool usable(const simd::MatmulArgs& a);
+
+// The packed activations of a product: rows x k floats (row stride ldx) as bf16 pieces.
+size_t packed_size(size_t rows, size_t k);
+void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out);
+
+// y[r, n] for n in [n0, n1) (n0 a multiple of 16; n1 <= n, the matrix's row count) from
+// the packed activations: as simd::Kernels::matmul, bias and accumulate included.
+void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t n1, size_t n);
+
+}  // namespace specula::amx
