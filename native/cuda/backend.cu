@@ -463,17 +463,23 @@ __device__ double uniform(uint64_t seed, uint64_t pos, uint32_t domain) {
 
 // ---- kernels ----
 
+// build_dist of the row at flat offset `first` (block-wide). A row holding a non-finite
+// logit is flagged in *bad (the smallest flat index wins) and gives false.
+__device__ bool row_dist(const float* z, int V, const RowParams& p, size_t first, Dist& d, Shared& sh,
+                         long long* bad) {
+  build_dist(z, V, p, d, sh);
+  if (d.bad == INT_MAX) return true;
+  if (threadIdx.x == 0) atomicMin(bad, (long long)(first + d.bad));
+  return false;
+}
+
 __global__ void k_sample(const float* logits, int V, const RowParams* params, int nparams, const uint64_t* seeds,
                          const uint64_t* offsets, int32_t* out, long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
   const float* z = logits + size_t(r) * V;
   Dist d;
-  build_dist(z, V, params[nparams == 1 ? 0 : r], d, sh);
-  if (d.bad != INT_MAX) {
-    if (threadIdx.x == 0) atomicMin(bad, (long long)(size_t(r) * V + d.bad));
-    return;
-  }
+  if (!row_dist(z, V, params[nparams == 1 ? 0 : r], size_t(r) * V, d, sh, bad)) return;
   if (d.greedy) {
     if (threadIdx.x == 0) out[r] = d.argmax;
     return;
@@ -489,11 +495,7 @@ __global__ void k_probabilities(const float* logits, int V, const RowParams* par
   const int r = blockIdx.x;
   const float* z = logits + size_t(r) * V;
   Dist d;
-  build_dist(z, V, params[nparams == 1 ? 0 : r], d, sh);
-  if (d.bad != INT_MAX) {
-    if (threadIdx.x == 0) atomicMin(bad, (long long)(size_t(r) * V + d.bad));
-    return;
-  }
+  if (!row_dist(z, V, params[nparams == 1 ? 0 : r], size_t(r) * V, d, sh, bad)) return;
   float* o = out + size_t(r) * V;
   for (int x = threadIdx.x; x < V; x += kThreads) o[x] = float(d.w(x, z[x]) / d.total);
 }
@@ -518,11 +520,7 @@ __global__ void k_verify(const float* target, const float* draft, const int32_t*
   const uint64_t pos = (offsets ? offsets[b] : 0) + uint64_t(i), seed = seeds[b];
   const float* zt = target + (size_t(b) * (G + 1) + i) * V;
   Dist P;
-  build_dist(zt, V, tp[ntp == 1 ? 0 : b], P, sh);
-  if (P.bad != INT_MAX) {
-    if (threadIdx.x == 0) atomicMin(&bad[0], (long long)((size_t(b) * (G + 1) + i) * V + P.bad));
-    return;
-  }
+  if (!row_dist(zt, V, tp[ntp == 1 ? 0 : b], (size_t(b) * (G + 1) + i) * V, P, sh, &bad[0])) return;
   const double u_emit = uniform(seed, pos, rng::kEmit);
   auto sample_p = [&] {
     if (P.greedy) return P.argmax;
@@ -536,11 +534,7 @@ __global__ void k_verify(const float* target, const float* draft, const int32_t*
   }
   const float* zd = draft + (size_t(b) * G + i) * V;
   Dist Q;
-  build_dist(zd, V, dp[ndp == 1 ? 0 : b], Q, sh);
-  if (Q.bad != INT_MAX) {
-    if (threadIdx.x == 0) atomicMin(&bad[1], (long long)((size_t(b) * G + i) * V + Q.bad));
-    return;
-  }
+  if (!row_dist(zd, V, dp[ndp == 1 ? 0 : b], (size_t(b) * G + i) * V, Q, sh, &bad[1])) return;
   const int x = tokens[b * G + i];
   const double px = P.w(x, zt[x]) / P.total, qx = Q.w(x, zd[x]) / Q.total;
   const double ratio = qx > 0 ? fmin(1.0, px / qx) : (px > 0 ? 1.0 : 0.0);
@@ -593,16 +587,8 @@ __global__ void k_acceptance(const float* target, const float* draft, int V, con
   const float* zt = target + size_t(r) * V;
   const float* zd = draft + size_t(r) * V;
   Dist P, Q;
-  build_dist(zt, V, tp[ntp == 1 ? 0 : r], P, sh);
-  if (P.bad != INT_MAX) {
-    if (threadIdx.x == 0) atomicMin(&bad[0], (long long)(size_t(r) * V + P.bad));
-    return;
-  }
-  build_dist(zd, V, dp[ndp == 1 ? 0 : r], Q, sh);
-  if (Q.bad != INT_MAX) {
-    if (threadIdx.x == 0) atomicMin(&bad[1], (long long)(size_t(r) * V + Q.bad));
-    return;
-  }
+  if (!row_dist(zt, V, tp[ntp == 1 ? 0 : r], size_t(r) * V, P, sh, &bad[0])) return;
+  if (!row_dist(zd, V, dp[ndp == 1 ? 0 : r], size_t(r) * V, Q, sh, &bad[1])) return;
   // Greedy rows have no weights on the CPU either: their one-hot is used directly.
   const double ov = overlap(zt, zd, V, P, Q, sh);
   if (threadIdx.x == 0) out[r] = float(fmin(1.0, fmax(0.0, ov)));

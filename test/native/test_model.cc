@@ -94,6 +94,24 @@ std::vector<float> randn(std::mt19937_64& rng, size_t n, double scale, double me
   return v;
 }
 
+// Whether y (rows x N) is x (rows x K, row stride ldx) times the weights' rows (N x K,
+// exact values) in double, plus bias and y0 where given: within 4e-6 of sum |x w| + 1.
+bool matmul_matches_double(const std::vector<float>& y, const std::vector<float>& x, size_t ldx, size_t rows, size_t K,
+                           const Stored& w, size_t N, const float* bias, const float* y0) {
+  for (size_t t = 0; t < rows; ++t)
+    for (size_t n = 0; n < N; ++n) {
+      double s = 0, mag = 0;
+      for (size_t j = 0; j < K; ++j) {
+        s += double(x[t * ldx + j]) * w.values[n * K + j];
+        mag += std::fabs(double(x[t * ldx + j]) * w.values[n * K + j]);
+      }
+      if (bias != nullptr) s += bias[n];
+      if (y0 != nullptr) s += y0[t * N + n];
+      if (!(std::fabs(y[t * N + n] - s) <= 1e-6 * (mag + 1) * 4)) return false;
+    }
+  return true;
+}
+
 TEST_CASE(reduce_tree_is_bit_exact_across_levels) {
   // A matmul with k = 16 reads each lane once: y = tree16(x * w) exactly as defined.
   std::mt19937_64 rng(1);
@@ -151,18 +169,9 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
       std::vector<float> scratch(N * K);
       k->matmul(a, 0, split, trial % 5 == 0 ? nullptr : scratch.data());
       k->matmul(a, split, N, scratch.data());
-      for (size_t t = 0; t < rows; ++t)
-        for (size_t n = 0; n < N; ++n) {
-          double s = 0, mag = 0;
-          for (size_t j = 0; j < K; ++j) {
-            s += double(x[t * K + j]) * w.values[n * K + j];
-            mag += std::fabs(double(x[t * K + j]) * w.values[n * K + j]);
-          }
-          if (use_bias) s += bias[n];
-          if (accumulate) s += y0[t * N + n];
-          CHECK_MSG(std::fabs(y[t * N + n] - s) <= 1e-6 * (mag + 1) * 4,
-                    std::string(level) + " rows=" + std::to_string(rows) + " K=" + std::to_string(K));
-        }
+      CHECK_MSG(matmul_matches_double(y, x, K, rows, K, w, N, use_bias ? bias.data() : nullptr,
+                                      accumulate ? y0.data() : nullptr),
+                std::string(level) + " rows=" + std::to_string(rows) + " K=" + std::to_string(K));
       // Each row alone gives the same bits.
       for (size_t t = 0; t < rows; ++t) {
         std::vector<float> yr(y0.begin() + t * N, y0.begin() + (t + 1) * N);
@@ -212,18 +221,9 @@ TEST_CASE(amx_bf16_matmul_matches_double_and_is_batch_invariant) {
     };
     std::vector<float> y = y0;
     run(x.data(), rows, y.data());
-    for (size_t t = 0; t < rows; ++t)
-      for (size_t n = 0; n < N; ++n) {
-        double s = 0, mag = 0;
-        for (size_t j = 0; j < K; ++j) {
-          s += double(x[t * ldx + j]) * w.values[n * K + j];
-          mag += std::fabs(double(x[t * ldx + j]) * w.values[n * K + j]);
-        }
-        if (use_bias) s += bias[n];
-        if (accumulate) s += y0[t * N + n];
-        CHECK_MSG(std::fabs(y[t * N + n] - s) <= 1e-6 * (mag + 1) * 4,
-                  "amx rows=" + std::to_string(rows) + " K=" + std::to_string(K) + " N=" + std::to_string(N));
-      }
+    CHECK_MSG(matmul_matches_double(y, x, ldx, rows, K, w, N, use_bias ? bias.data() : nullptr,
+                                    accumulate ? y0.data() : nullptr),
+              "amx rows=" + std::to_string(rows) + " K=" + std::to_string(K) + " N=" + std::to_string(N));
     for (size_t t = 0; t < rows; t += 1 + rows / 7) {
       std::vector<float> yr(y0.begin() + t * N, y0.begin() + (t + 1) * N);
       run(x.data() + t * ldx, 1, yr.data());
