@@ -7,6 +7,7 @@ import {
   SpeculaError, acceptanceRate, acceptanceRateAsync, getThreads, kdLoss, kdLossAsync, sample, setThreads, verify,
   type Divergence, type SamplingParams,
 } from '../src/index.js';
+import { native } from '../src/native.js';
 import { referenceAcceptanceRate, referenceKdLoss } from '../src/reference/index.js';
 import { normal, rng, tile } from './helpers/stats.js';
 
@@ -122,6 +123,50 @@ describe('kdLoss equals the float64 reference', () => {
       `${worstGrad.toExponential(2)} on gradient entries > 1e-6`);
   });
 
+  it('fkl and rkl in one sweep: late maxima far above the early ones, heavy first chunks, offsets', () => {
+    // fkl and rkl take both rows in one sweep of 2048-token chunks, each relative to the
+    // maxima so far (a chunk whose maximum is more than 20/T above them is redone), with
+    // the tokens that may carry mass in double; r's constant is estimated from the chunks
+    // before. These rows make each of those matter.
+    const V = 20000, rows = 6;
+    const n = normal(rng(77));
+    const teacher = new Float32Array(rows * V), student = new Float32Array(rows * V);
+    for (let r = 0; r < rows; r++) {
+      for (let x = 0; x < V; x++) {
+        let t = n(), s = t + 0.7 * n();
+        if (r === 0 && x === 15000) t += 40; // the teacher's maximum in a late chunk
+        if (r === 1 && x === 9000) s += 40; // the student's
+        if (r === 2) {
+          if (x === 6000) t += 25;
+          if (x === 19999) s += 30; // both, in different chunks (the last one partial)
+        }
+        if (r === 3 && x < 2048) {
+          t = 6 + 0.1 * n(); // a first chunk full of heavy tokens
+          s = t + 0.3 * n();
+        }
+        if (r === 4) {
+          t += x / 500; // the maxima rise in every chunk
+          s = t + 0.5 * n();
+        }
+        if (r === 5) s += 35; // a large offset, far from identical
+        teacher[r * V + x] = t;
+        student[r * V + x] = s;
+      }
+    }
+    let worstLoss = 0, worstGrad = 0;
+    for (const divergence of ['fkl', 'rkl'] as Divergence[]) {
+      for (const temperature of [0.25, 1, 4]) {
+        const opts = { rows, vocab: V, divergence, temperature, grad: true };
+        const w = expectMatches(kdLoss(teacher, student, opts), referenceKdLoss(teacher, student, opts), rows * V, 1e-13, 1e-8,
+          (r) => `${divergence} T=${temperature} row ${r}`);
+        worstLoss = Math.max(worstLoss, w.loss);
+        worstGrad = Math.max(worstGrad, w.grad);
+      }
+    }
+    console.log(`one-sweep rows: worst relative error ${worstLoss.toExponential(2)} on losses, ` +
+      `${worstGrad.toExponential(2)} on gradient entries > 1e-6`);
+  });
+
   it('mask, the mean over included rows, T^2 scaling, and sync == async', async () => {
     const rows = 5, V = 300;
     const { teacher, student } = pairs(rows, V, 77);
@@ -224,6 +269,40 @@ describe('kdLoss properties (native)', () => {
   });
 });
 
+describe('kdLoss across kernel levels', () => {
+  it('AVX2 and AVX-512 give identical bits; the portable kernels agree within 1e-6', () => {
+    const b = native();
+    const before = b.simd();
+    const levels = (['avx512', 'avx2', 'portable'] as const).filter((l) => b.setSimd(l));
+    const V = 5000, rows = 4;
+    const { teacher, student } = pairs(rows, V, 404);
+    try {
+      for (const divergence of DIVERGENCES) {
+        for (const temperature of [0.5, 2]) {
+          const runs = levels.map((l) => {
+            b.setSimd(l);
+            return { level: l, r: kdLoss(teacher, student, { rows, vocab: V, divergence, temperature, grad: true }) };
+          });
+          const avx = runs.filter((x) => x.level !== 'portable');
+          for (const x of avx.slice(1)) {
+            expect(new Uint32Array(x.r.perRow.buffer), `${divergence} ${x.level}`).toEqual(new Uint32Array(avx[0]!.r.perRow.buffer));
+            expect(new Uint32Array(x.r.grad!.buffer), `${divergence} ${x.level}`).toEqual(new Uint32Array(avx[0]!.r.grad!.buffer));
+          }
+          const portable = runs.find((x) => x.level === 'portable');
+          if (portable && runs[0]!.level !== 'portable') {
+            for (let r = 0; r < rows; r++) {
+              const a = portable.r.perRow[r]!, c = runs[0]!.r.perRow[r]!;
+              expect(Math.abs(a - c), `${divergence} row ${r}`).toBeLessThanOrEqual(1e-6 * c + 1e-12);
+            }
+          }
+        }
+      }
+    } finally {
+      b.setSimd(before);
+    }
+  });
+});
+
 describe('acceptanceRate: the link to speculative decoding', () => {
   it('equals 1 - TVD at the same temperature without filters, and the reference with filters', async () => {
     const rows = 8, V = 500;
@@ -305,6 +384,13 @@ describe('kdLoss and acceptanceRate errors', () => {
       u[6] = bad;
       expectError(() => kdLoss(t, u, base), 'E_VALUE', 'studentLogits[6]', 'row 1, token 2');
       expectError(() => acceptanceRate(t, u, { rows: 3, vocab: 4, target: { temperature: 1 } }), 'E_VALUE', 'draftLogits[6]');
+    }
+    // The teacher's row is reported first, wherever in the row each bad logit is.
+    const V = 5000, tt = new Float32Array(2 * V), ss = new Float32Array(2 * V);
+    ss[V + 100] = NaN;
+    tt[V + 4500] = Infinity;
+    for (const divergence of DIVERGENCES) {
+      expectError(() => kdLoss(tt, ss, { rows: 2, vocab: V, divergence }), 'E_VALUE', 'teacherLogits[9500]', 'row 1, token 4500');
     }
     const u = s.slice();
     u[6] = NaN;

@@ -1,6 +1,7 @@
 #include "kd.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -78,6 +79,140 @@ void phi_series(double b, float* out /* c_2..c_12 */) {
 // Tokens above this probability get double-precision exponentials in pass 2 (simd.h).
 constexpr float kPrecise = 1e-3f;
 
+// What pass 1 found for fkl (the teacher-weighted sums) or rkl (the student-weighted).
+struct Pass1Sums {
+  double wr = 0;  // sum w r with w = p (fkl) or q (rkl)
+  double wa = 0;  // the scale of its float error: sum w (|u| + |cf|) / T over the float sums
+};
+
+// Pass 1: one sweep over both rows (simd.h KdPass1) fills P and Q as build_distribution
+// does for T > 0 without filters, except that each total is the sum of exactly the
+// weights pass 2 uses (float exponentials, double ones for heavy tokens), so that the
+// measured sums of p and q are 1 and delta is 0. The exponentials are stored in the
+// workspace only where `store` (the gradient and pass 2 read them). For weight != None
+// it also sums w r (fkl, rkl). In chunk c, r = (ds - dt)/T + kappa_c with kappa_c = log
+// (the teacher's total relative to st) - log (the student's relative to ss), known only
+// at the end; the kernel sums w u, u = (ds - dt) - cf, with cf = -kappa^ T from the
+// totals so far, so that the float terms stay near T r (their float error scales with
+// sum w |u|), and (cf/T + kappa_c) sum w is added in double at the end. ds and dt are the
+// exponentials' own arguments: r is then exact for the logits that the exponentials saw
+// (each off by at most half an ulp of its distance from the shift).
+Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, Distribution& P, Distribution& Q) {
+  const size_t V = a.vocab, chunks = chunk_count(V);
+  const float* zt = a.teacher + row * V;
+  const float* zs = a.student + row * V;
+  const simd::Kernels& k = simd::kernels();
+  Workspace& ws = workspace();
+  const double T = a.temperature, inv_t = 1.0 / T;
+  const float s = float(std::min(inv_t, double(FLT_MAX)));  // as build_distribution
+  bool checked = false;  // both rows scanned exactly and found finite
+  auto check = [&] {
+    if (checked) return;
+    if (const int64_t x = first_nonfinite(zt, V); x >= 0) throw_nonfinite("teacherLogits", row, V, size_t(x), zt[x]);
+    if (const int64_t x = first_nonfinite(zs, V); x >= 0) throw_nonfinite("studentLogits", row, V, size_t(x), zs[x]);
+    checked = true;
+  };
+  for (Distribution* d : {&P, &Q}) {
+    d->vocab = V;
+    d->argmax = -1;
+    d->greedy = false;
+    d->weights = true;
+    d->scale.resize(chunks);
+    d->csum.resize(chunks);
+  }
+  P.e = store ? ws.row(0, V) : nullptr;
+  Q.e = store ? ws.row(1, V) : nullptr;
+  P.z = zt;
+  Q.z = zs;
+  // Per chunk: the shifts, the float constant cf, the sums w u, w |u| and w (resid_csum
+  // is free in KD).
+  std::vector<double>& per = ws.resid_csum;
+  per.resize(6 * chunks);
+  double *sht = per.data(), *shs = sht + chunks, *cfs = shs + chunks, *wr = cfs + chunks, *wa = wr + chunks,
+         *sw = wa + chunks;
+
+  const size_t len0 = std::min(kChunk, V);
+  bool bad = false;
+  float st = k.max(zt, len0, &bad), ss = k.max(zs, len0, &bad);  // the shifts: maxima so far
+  if (bad) check();
+  double pt = 0, qt = 0;  // the totals so far, relative to st and ss
+  constexpr float kRedo = 20.0f;  // as build_distribution
+  P.zmax = st;
+  Q.zmax = ss;
+  P.zmax_chunk = Q.zmax_chunk = 0;
+  // p = et / (the row's total relative to st) <= et / max(1, pt): a token is heavy (p >
+  // kPrecise) only if et > kPrecise max(1, pt); so for q. Capped below 1 (KdPass1).
+  auto tau = [](double total) { return float(std::min(0.5, kPrecise * std::max(1.0, total))); };
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t off = c * kChunk;
+    simd::KdPass1 in{zt + off, zs + off, std::min(kChunk, V - off), st, ss, s, inv_t, 0.0f, 0.0f, 0.0f, weight,
+                     store ? P.e + off : nullptr, store ? Q.e + off : nullptr};
+    simd::KdPass1Sums o;
+    for (;;) {
+      in.st = st;
+      in.ss = ss;
+      in.cf = c == 0 ? 0.0f : float((std::log(qt) - std::log(pt)) * T);
+      in.tau_t = tau(pt);
+      in.tau_s = tau(qt);
+      k.kd_pass1(in, &o);
+      if (o.bad) check();
+      const bool redo_t = (o.max_t - st) * s > kRedo, redo_s = (o.max_s - ss) * s > kRedo;
+      if (!redo_t && !redo_s) break;
+      // A maximum far above the shift: redo the chunk with it as the new shift.
+      if (redo_t) {
+        pt *= std::exp((double(st) - double(o.max_t)) * inv_t);
+        st = o.max_t;
+      }
+      if (redo_s) {
+        qt *= std::exp((double(ss) - double(o.max_s)) * inv_t);
+        ss = o.max_s;
+      }
+    }
+    P.csum[c] = o.et;
+    Q.csum[c] = o.es;
+    sht[c] = st;
+    shs[c] = ss;
+    cfs[c] = in.cf;
+    sw[c] = weight == simd::KdWeight::Teacher ? o.et : o.es;
+    wr[c] = o.wr;
+    wa[c] = o.wa;
+    pt += o.et;
+    qt += o.es;
+    if (o.max_t > st) {
+      pt *= std::exp((double(st) - double(o.max_t)) * inv_t);
+      st = o.max_t;
+      P.zmax = st;
+      P.zmax_chunk = c;
+    }
+    if (o.max_s > ss) {
+      qt *= std::exp((double(ss) - double(o.max_s)) * inv_t);
+      ss = o.max_s;
+      Q.zmax = ss;
+      Q.zmax_chunk = c;
+    }
+  }
+  for (Distribution* d : {&P, &Q}) {
+    const double* shift = d == &P ? sht : shs;
+    d->total = 0;
+    for (size_t c = 0; c < chunks; ++c) {
+      d->scale[c] = std::exp((shift[c] - double(d->zmax)) / T);
+      d->csum[c] *= d->scale[c];
+      d->total += d->csum[c];
+    }
+  }
+  Pass1Sums out;
+  if (weight == simd::KdWeight::None) return out;
+  const double kappa = std::log(P.total) - std::log(Q.total);  // for shifts at the row maxima
+  const Distribution& W = weight == simd::KdWeight::Teacher ? P : Q;
+  for (size_t c = 0; c < chunks; ++c) {
+    const double kc = kappa + ((double(P.zmax) - sht[c]) - (double(Q.zmax) - shs[c])) * inv_t;
+    const double f = W.scale[c] / W.total;  // raw sums to probabilities
+    out.wr += f * (inv_t * wr[c] + (cfs[c] * inv_t + kc) * sw[c]);
+    out.wa += f * inv_t * (wa[c] + std::fabs(cfs[c]) * sw[c]);
+  }
+  return out;
+}
+
 // One row: returns its divergence; writes its gradient times `gscale` if g != nullptr.
 // `next` is the row this thread does after this one (or a.rows: none), prefetched.
 double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g) {
@@ -85,13 +220,23 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   const double T = a.temperature, beta = a.beta;
   const float* zt = a.teacher + row * V;
   const float* zs = a.student + row * V;
-  Workspace& ws = workspace();
-  const SamplingParams sp{T, 0, 1.0, 0.0};
   Distribution P, Q;
-  int64_t bad = build_distribution(zt, V, sp, ws.row(0, V), true, P);
-  if (bad >= 0) throw_nonfinite("teacherLogits", row, V, size_t(bad), zt[bad]);
-  bad = build_distribution(zs, V, sp, ws.row(1, V), true, Q);
-  if (bad >= 0) throw_nonfinite("studentLogits", row, V, size_t(bad), zs[bad]);
+  // fkl and rkl: pass 1 sums both rows in one sweep, and usually that is the loss (see
+  // below). tvd and jsd need pass 2's sums, and for them the sampler's pass 1 (one
+  // lighter sweep per row) is faster.
+  const bool plain = a.divergence == Divergence::FKL || a.divergence == Divergence::RKL;
+  Pass1Sums r1;
+  if (plain) {
+    r1 = pass1(a, row, a.divergence == Divergence::FKL ? simd::KdWeight::Teacher : simd::KdWeight::Student,
+               g != nullptr, P, Q);
+  } else {
+    Workspace& ws = workspace();
+    const SamplingParams sp{T, 0, 1.0, 0.0};
+    int64_t bad = build_distribution(zt, V, sp, ws.row(0, V), true, P);
+    if (bad >= 0) throw_nonfinite("teacherLogits", row, V, size_t(bad), zt[bad]);
+    bad = build_distribution(zs, V, sp, ws.row(1, V), true, Q);
+    if (bad >= 0) throw_nonfinite("studentLogits", row, V, size_t(bad), zs[bad]);
+  }
 
   // Pass 1 gave log p ~ (zt - mt)/T + lp0 with lp0 = -log(total): exact but for the float
   // rounding of the total. Pass 2 measures it: sum p = e^{-dp}, sum q = e^{-dq} with
@@ -104,12 +249,17 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   // in double, so r~ carries no rounding of the (possibly large) (mt - ms)/T; the float
   // path, which cannot resolve that anyway, uses (zs - zt)/T + (mt - ms)/T + K.
   const double K = lq0 - lp0;
+  // A gradient larger than the caches is written past them (simd.h KdChunk::stream):
+  // what it would evict (the logits, the next rows) is what this pass reads.
+  const bool a_big_gradient = g != nullptr && a.rows * V * sizeof(float) > (size_t(8) << 20);
   // Chunk c with r = ((zs - ms) - (zt - mt))/T + kk; p and q divided by ps and qs.
   auto chunk = [&](size_t c, double kk, double ps = 1, double qs = 1) {
     const size_t off = c * kChunk;
     const double a = P.scale[c] / P.total / ps, b = Q.scale[c] / Q.total / qs;
-    return simd::KdChunk{zt + off, zs + off, P.e + off, Q.e + off, std::min(kChunk, V - off), float(a), float(b), a, b,
-                         inv_t, (mt - ms) * inv_t + kk, kk, mt, lp0, ms, lq0, kPrecise};
+    simd::KdChunk ch{zt + off, zs + off, P.e + off, Q.e + off, std::min(kChunk, V - off), float(a), float(b), a, b,
+                     inv_t, (mt - ms) * inv_t + kk, kk, mt, lp0, ms, lq0, kPrecise};
+    ch.stream = a_big_gradient;
+    return ch;
   };
   // The first sweep of pass 2 also prefetches the next row, where this row's logits and
   // exponentials and the next row's logits (24 bytes per token) fit a core's L2 (1.5 MiB
@@ -149,6 +299,20 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   // The plain sums' float error is up to ~2e-6 of sum w|r| (tail tokens at low T carry
   // exp-argument rounding of ~6e-8 |t|): 2e-6 / 0.2 = 1e-5.
   constexpr double kCancel = 0.2;
+  if (plain) {
+    // fkl = -sum p r and rkl = sum q r straight from pass 1 (its sums of p and q are 1),
+    // where their float error is below 1e-5 of the result; only the gradient sweeps again.
+    const double l = a.divergence == Divergence::FKL ? -r1.wr : r1.wr;
+    if (std::isfinite(l) && l >= kCancel * r1.wa) {
+      if (g)  // from cache, while the next row is prefetched (first)
+        for (size_t c = 0; c < chunks; ++c) {
+          if (a.divergence == Divergence::FKL) k.kd_grad_fkl(first(c, K), float(gscale), g + c * kChunk);
+          else k.kd_grad_rkl(first(c, K), r1.wr, float(gscale), g + c * kChunk);
+        }
+      return l;
+    }
+    if (P.e == nullptr) pass1(a, row, simd::KdWeight::None, true, P, Q);  // pass 2 reads the exponentials
+  }
   switch (a.divergence) {
     case Divergence::FKL:
     case Divergence::RKL:

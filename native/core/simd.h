@@ -46,6 +46,37 @@ struct KdChunk {
   // while pass 2 computes from cache (pass 1 of that row then reads from L2).
   const float* next_zt = nullptr;
   const float* next_zs = nullptr;
+  // The gradient kernels write with non-temporal stores (a gradient larger than the caches).
+  bool stream = false;
+};
+
+// Which exponentials weight kd_pass1's sums of r0: none (tvd, jsd), the teacher's
+// (fkl: sum p r), the student's (rkl: sum q r).
+enum class KdWeight { None, Teacher, Student };
+
+// KD pass 1 over one chunk of a (teacher, student) row pair: both rows in one sweep of
+// the logits (kd.cc). With dt = zt - st and ds = zs - ss: et = exp(dt s), es = exp(ds s)
+// as exp_sum computes them, and u = (ds - dt) - cf, so that r = log(q/p) is u/T plus a
+// constant of the chunk (kd.cc). Heavy tokens (et > tau_t or es > tau_s) are summed from
+// double exponentials and a double u instead, as pass 2 does for its heavy tokens.
+struct KdPass1 {
+  const float* zt;    // teacher logits (n)
+  const float* zs;    // student logits (n)
+  size_t n;
+  float st, ss;       // the rows' shifts
+  float s;            // 1/T as the exponentials use it (build_distribution's)
+  double inv_t;       // 1/T for the heavy tokens' double exponentials
+  float cf;           // u's constant
+  float tau_t, tau_s; // < 1: every token at or above its shift is heavy
+  KdWeight weight;
+  float* et;          // the exponentials (n each), or both nullptr: not stored
+  float* es;
+};
+struct KdPass1Sums {
+  float max_t, max_s;  // max(st, the chunk's largest zt), max(ss, the largest zs)
+  bool bad;            // maybe a non-finite logit (confirm with an exact scan)
+  double et, es;       // sum et, sum es (light tokens compensated in float, heavy in double)
+  double wr, wa;       // sum w u, sum w |u|, w = et (Teacher) or es (Student); 0 for None
 };
 
 // Constants of the JSD kernels for a reference point r0 (kd.cc): with u(r) = 1 - beta +
@@ -142,6 +173,13 @@ struct Kernels {
   // r < 0, r = 0, sum max(p, q) where |r| < kTvdBand] (the tokens whose side of r = 0 this
   // pass's r, off by delta, may get wrong). Each sums only what its divergence uses.
   void (*kd_plain)(const KdChunk& c, KdPlain d, double* sums);
+  // KD pass 1, both rows of a chunk at once (KdPass1): the maxima, the finiteness flag,
+  // the exponentials (stored where asked) and their sums, and for fkl and rkl the sums
+  // of r0 that make pass 2 unnecessary where nothing cancels (kd.cc). The exponentials
+  // are valid where (max - shift) s <= kExpMax; the caller redoes the chunk otherwise.
+  // The float sums' error is below 64 eps of the sums of their terms' magnitudes (as
+  // kd_plain's).
+  void (*kd_pass1)(const KdPass1& c, KdPass1Sums* out);
   void (*kd_fkl)(const KdChunk& c, double* sums);
   void (*kd_rkl)(const KdChunk& c, double* sums);
   void (*kd_tvd)(const KdChunk& c, double* sums);

@@ -1,6 +1,8 @@
 // AVX2 + FMA leaf kernels (see simd.h): 16 lanes as two 8-float registers, with the
 // same operation order as the AVX-512 file, so both give bitwise identical results.
 #include "simd.h"
+#include <algorithm>
+#include <cstdlib>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -29,6 +31,12 @@ inline void v_store(float* p, V16 v) {
   _mm256_storeu_ps(p, v.lo);
   _mm256_storeu_ps(p + 8, v.hi);
 }
+// Non-temporal store to a 64-byte-aligned p (bypasses the caches); v_sfence orders them.
+inline void v_stream(float* p, V16 v) {
+  _mm256_stream_ps(p, v.lo);
+  _mm256_stream_ps(p + 8, v.hi);
+}
+inline void v_sfence() { _mm_sfence(); }
 inline V16 v_load_partial(const float* p, size_t n, float fill) {
   float t[16];
   for (size_t i = 0; i < 16; ++i) t[i] = i < n ? p[i] : fill;
@@ -85,6 +93,7 @@ struct M16 {
   __m256 lo, hi;  // all-ones lanes where true
 };
 inline M16 v_lt(V16 a, V16 b) { return M16{_mm256_cmp_ps(a.lo, b.lo, _CMP_LT_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_LT_OQ)}; }
+inline M16 v_or(M16 a, M16 b) { return M16{_mm256_or_ps(a.lo, b.lo), _mm256_or_ps(a.hi, b.hi)}; }
 inline M16 v_gt(V16 a, V16 b) { return M16{_mm256_cmp_ps(a.lo, b.lo, _CMP_GT_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_GT_OQ)}; }
 inline M16 v_eq(V16 a, V16 b) { return M16{_mm256_cmp_ps(a.lo, b.lo, _CMP_EQ_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_EQ_OQ)}; }
 inline V16 v_select(M16 m, V16 a, V16 b) { return V16{_mm256_blendv_ps(b.lo, a.lo, m.lo), _mm256_blendv_ps(b.hi, a.hi, m.hi)}; }
@@ -167,6 +176,14 @@ inline bool v_all(M16 m) { return (_mm256_movemask_ps(m.lo) & _mm256_movemask_ps
 inline bool v_any(M16 m) { return (_mm256_movemask_ps(m.lo) | _mm256_movemask_ps(m.hi)) != 0; }
 // Bit i = lane i.
 inline uint32_t v_bits(M16 m) { return uint32_t(_mm256_movemask_ps(m.lo)) | uint32_t(_mm256_movemask_ps(m.hi)) << 8; }
+// The lanes of v where m holds, packed to dst[0..count) (dst has room for 16); returns count.
+inline size_t v_compress(float* dst, M16 m, V16 v) {
+  float l[16];
+  v_store(l, v);
+  size_t n = 0;
+  for (uint32_t bits = v_bits(m); bits != 0; bits &= bits - 1) dst[n++] = l[__builtin_ctz(bits)];
+  return n;
+}
 // Lanes [0, n) true.
 inline M16 v_first(size_t n) {
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

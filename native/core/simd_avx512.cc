@@ -1,6 +1,8 @@
 // AVX-512 leaf kernels (see simd.h). Compiled with AVX-512 enabled for this file's
 // functions only; called only after cpuid says the CPU has AVX-512F.
 #include "simd.h"
+#include <algorithm>
+#include <cstdlib>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #if defined(__GNUC__) && !defined(__clang__)
@@ -29,6 +31,9 @@ inline V16 v_set(float a) { return _mm512_set1_ps(a); }
 inline V16 v_zero() { return _mm512_setzero_ps(); }
 inline V16 v_load(const float* p) { return _mm512_loadu_ps(p); }
 inline void v_store(float* p, V16 v) { _mm512_storeu_ps(p, v); }
+// Non-temporal store to a 64-byte-aligned p (bypasses the caches); v_sfence orders them.
+inline void v_stream(float* p, V16 v) { _mm512_stream_ps(p, v); }
+inline void v_sfence() { _mm_sfence(); }
 inline __mmask16 tail_mask(size_t n) { return __mmask16((1u << n) - 1u); }
 inline V16 v_load_partial(const float* p, size_t n, float fill) {
   return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask(n), p);
@@ -63,6 +68,7 @@ inline bool v_any_nonfinite(V16 v) {
 // Masks, selection and the rest of the float ops used by the KD kernels.
 using M16 = __mmask16;
 inline M16 v_lt(V16 a, V16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+inline M16 v_or(M16 a, M16 b) { return M16(a | b); }
 inline M16 v_gt(V16 a, V16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 inline M16 v_eq(V16 a, V16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
 inline V16 v_select(M16 m, V16 a, V16 b) { return _mm512_mask_blend_ps(m, b, a); }
@@ -109,6 +115,11 @@ inline bool v_all(M16 m) { return m == 0xffff; }
 inline bool v_any(M16 m) { return m != 0; }
 // Bit i = lane i.
 inline uint32_t v_bits(M16 m) { return m; }
+// The lanes of v where m holds, packed to dst[0..count) (dst has room for 16); returns count.
+inline size_t v_compress(float* dst, M16 m, V16 v) {
+  _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(m, v));
+  return size_t(__builtin_popcount(m));
+}
 // Lanes [0, n) true.
 inline M16 v_first(size_t n) { return __mmask16((1u << n) - 1u); }
 inline void vd_store(double* p, VD16 d) {

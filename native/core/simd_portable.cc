@@ -1,6 +1,8 @@
 // Portable leaf kernels (see simd.h): plain C++ over 16 lanes, for CPUs without
 // AVX2+FMA and for other architectures. Same order as the SIMD files, but multiply
 // and add are separate operations, so the last bits may differ from them.
+#include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 
 #include "simd.h"
@@ -25,6 +27,9 @@ inline V16 v_load(const float* p) { SPECULA_LANES(p[i]); }
 inline void v_store(float* p, V16 v) {
   for (int i = 0; i < 16; ++i) p[i] = v.v[i];
 }
+// Non-temporal store where the level has one; here a plain store.
+inline void v_stream(float* p, V16 v) { v_store(p, v); }
+inline void v_sfence() {}
 inline V16 v_load_partial(const float* p, size_t n, float fill) { SPECULA_LANES(size_t(i) < n ? p[i] : fill); }
 inline void v_store_partial(float* p, size_t n, V16 v) {
   for (size_t i = 0; i < n; ++i) p[i] = v.v[i];
@@ -97,6 +102,7 @@ struct M16 {
   for (int i = 0; i < 16; ++i) r.b[i] = (expr); \
   return r
 inline M16 v_lt(V16 a, V16 b) { SPECULA_MASK(a.v[i] < b.v[i]); }
+inline M16 v_or(M16 a, M16 b) { SPECULA_MASK(a.b[i] || b.b[i]); }
 inline M16 v_gt(V16 a, V16 b) { SPECULA_MASK(a.v[i] > b.v[i]); }
 inline M16 v_eq(V16 a, V16 b) { SPECULA_MASK(a.v[i] == b.v[i]); }
 #undef SPECULA_MASK
@@ -156,6 +162,13 @@ inline uint32_t v_bits(M16 m) {
   uint32_t r = 0;
   for (int i = 0; i < 16; ++i) r |= uint32_t(m.b[i]) << i;
   return r;
+}
+// The lanes of v where m holds, packed to dst[0..count) (dst has room for 16); returns count.
+inline size_t v_compress(float* dst, M16 m, V16 v) {
+  size_t n = 0;
+  for (int i = 0; i < 16; ++i)
+    if (m.b[i]) dst[n++] = v.v[i];
+  return n;
 }
 inline M16 v_first(size_t n) {
   M16 r;
