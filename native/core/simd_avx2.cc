@@ -2,7 +2,6 @@
 // same operation order as the AVX-512 file, so both give bitwise identical results.
 #include "simd.h"
 #include <algorithm>
-#include <cstdlib>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>

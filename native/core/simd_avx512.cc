@@ -2,7 +2,6 @@
 // functions only; called only after cpuid says the CPU has AVX-512F.
 #include "simd.h"
 #include <algorithm>
-#include <cstdlib>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #if defined(__GNUC__) && !defined(__clang__)

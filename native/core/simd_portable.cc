@@ -2,7 +2,6 @@
 // AVX2+FMA and for other architectures. Same order as the SIMD files, but multiply
 // and add are separate operations, so the last bits may differ from them.
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
 
 #include "simd.h"
