@@ -89,8 +89,8 @@ struct Pass1Sums {
 // does for T > 0 without filters, except that each total is the sum of exactly the
 // weights pass 2 uses (float exponentials, double ones for heavy tokens), so that the
 // measured sums of p and q are 1 and delta is 0. The exponentials are stored in the
-// workspace only where `store` (the gradient and pass 2 read them). For weight != None
-// it also sums w r (fkl, rkl). In chunk c, r = (ds - dt)/T + kappa_c with kappa_c = log
+// workspace only where `store` (the gradient and pass 2 read them). It also sums w r,
+// w = p (fkl) or q (rkl). In chunk c, r = (ds - dt)/T + kappa_c with kappa_c = log
 // (the teacher's total relative to st) - log (the student's relative to ss), known only
 // at the end; the kernel sums w u, u = (ds - dt) - cf, with cf = -kappa^ T from the
 // totals so far, so that the float terms stay near T r (their float error scales with
@@ -201,7 +201,6 @@ Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, 
     }
   }
   Pass1Sums out;
-  if (weight == simd::KdWeight::None) return out;
   const double kappa = std::log(P.total) - std::log(Q.total);  // for shifts at the row maxima
   const Distribution& W = weight == simd::KdWeight::Teacher ? P : Q;
   for (size_t c = 0; c < chunks; ++c) {
@@ -225,10 +224,10 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   // below). tvd and jsd need pass 2's sums, and for them the sampler's pass 1 (one
   // lighter sweep per row) is faster.
   const bool plain = a.divergence == Divergence::FKL || a.divergence == Divergence::RKL;
+  const simd::KdWeight weight = a.divergence == Divergence::FKL ? simd::KdWeight::Teacher : simd::KdWeight::Student;
   Pass1Sums r1;
   if (plain) {
-    r1 = pass1(a, row, a.divergence == Divergence::FKL ? simd::KdWeight::Teacher : simd::KdWeight::Student,
-               g != nullptr, P, Q);
+    r1 = pass1(a, row, weight, g != nullptr, P, Q);
   } else {
     Workspace& ws = workspace();
     const SamplingParams sp{T, 0, 1.0, 0.0};
@@ -311,7 +310,7 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
         }
       return l;
     }
-    if (P.e == nullptr) pass1(a, row, simd::KdWeight::None, true, P, Q);  // pass 2 reads the exponentials
+    if (P.e == nullptr) pass1(a, row, weight, true, P, Q);  // pass 2 reads the exponentials
   }
   switch (a.divergence) {
     case Divergence::FKL:

@@ -50,9 +50,9 @@ struct KdChunk {
   bool stream = false;
 };
 
-// Which exponentials weight kd_pass1's sums of r0: none (tvd, jsd), the teacher's
-// (fkl: sum p r), the student's (rkl: sum q r).
-enum class KdWeight { None, Teacher, Student };
+// Which exponentials weight kd_pass1's sums of u: the teacher's (fkl: sum p r) or the
+// student's (rkl: sum q r).
+enum class KdWeight { Teacher, Student };
 
 // KD pass 1 over one chunk of a (teacher, student) row pair: both rows in one sweep of
 // the logits (kd.cc). With dt = zt - st and ds = zs - ss: et = exp(dt s), es = exp(ds s)
@@ -76,7 +76,7 @@ struct KdPass1Sums {
   float max_t, max_s;  // max(st, the chunk's largest zt), max(ss, the largest zs)
   bool bad;            // maybe a non-finite logit (confirm with an exact scan)
   double et, es;       // sum et, sum es (light tokens compensated in float, heavy in double)
-  double wr, wa;       // sum w u, sum w |u|, w = et (Teacher) or es (Student); 0 for None
+  double wr, wa;       // sum w u, sum w |u|, w = et (Teacher) or es (Student)
 };
 
 // Constants of the JSD kernels for a reference point r0 (kd.cc): with u(r) = 1 - beta +
