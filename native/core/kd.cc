@@ -124,18 +124,22 @@ Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, 
   Q.e = store ? ws.row(1, V) : nullptr;
   P.z = zt;
   Q.z = zs;
-  // Per chunk: the shifts, the float constant cf, the sums w u, w |u| and w (resid_csum
-  // is free in KD).
+  // Per chunk: the shifts, the float constant cf and the sums w u, w |u| (resid_csum is
+  // free in KD).
   std::vector<double>& per = ws.resid_csum;
-  per.resize(6 * chunks);
-  double *sht = per.data(), *shs = sht + chunks, *cfs = shs + chunks, *wr = cfs + chunks, *wa = wr + chunks,
-         *sw = wa + chunks;
+  per.resize(5 * chunks);
+  double *sht = per.data(), *shs = sht + chunks, *cfs = shs + chunks, *wr = cfs + chunks, *wa = wr + chunks;
 
   const size_t len0 = std::min(kChunk, V);
   bool bad = false;
   float st = k.max(zt, len0, &bad), ss = k.max(zs, len0, &bad);  // the shifts: maxima so far
   if (bad) check();
   double pt = 0, qt = 0;  // the totals so far, relative to st and ss
+  // A new, larger shift m for a row: its total so far rescaled to it.
+  auto lift = [inv_t](float& shift, double& total, float m) {
+    total *= std::exp((double(shift) - double(m)) * inv_t);
+    shift = m;
+  };
   constexpr float kRedo = 20.0f;  // as build_distribution
   P.zmax = st;
   Q.zmax = ss;
@@ -159,34 +163,25 @@ Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, 
       const bool redo_t = (o.max_t - st) * s > kRedo, redo_s = (o.max_s - ss) * s > kRedo;
       if (!redo_t && !redo_s) break;
       // A maximum far above the shift: redo the chunk with it as the new shift.
-      if (redo_t) {
-        pt *= std::exp((double(st) - double(o.max_t)) * inv_t);
-        st = o.max_t;
-      }
-      if (redo_s) {
-        qt *= std::exp((double(ss) - double(o.max_s)) * inv_t);
-        ss = o.max_s;
-      }
+      if (redo_t) lift(st, pt, o.max_t);
+      if (redo_s) lift(ss, qt, o.max_s);
     }
     P.csum[c] = o.et;
     Q.csum[c] = o.es;
     sht[c] = st;
     shs[c] = ss;
     cfs[c] = in.cf;
-    sw[c] = weight == simd::KdWeight::Teacher ? o.et : o.es;
     wr[c] = o.wr;
     wa[c] = o.wa;
     pt += o.et;
     qt += o.es;
     if (o.max_t > st) {
-      pt *= std::exp((double(st) - double(o.max_t)) * inv_t);
-      st = o.max_t;
+      lift(st, pt, o.max_t);
       P.zmax = st;
       P.zmax_chunk = c;
     }
     if (o.max_s > ss) {
-      qt *= std::exp((double(ss) - double(o.max_s)) * inv_t);
-      ss = o.max_s;
+      lift(ss, qt, o.max_s);
       Q.zmax = ss;
       Q.zmax_chunk = c;
     }
@@ -206,8 +201,9 @@ Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, 
   for (size_t c = 0; c < chunks; ++c) {
     const double kc = kappa + ((double(P.zmax) - sht[c]) - (double(Q.zmax) - shs[c])) * inv_t;
     const double f = W.scale[c] / W.total;  // raw sums to probabilities
-    out.wr += f * (inv_t * wr[c] + (cfs[c] * inv_t + kc) * sw[c]);
-    out.wa += f * inv_t * (wa[c] + std::fabs(cfs[c]) * sw[c]);
+    const double mass = W.csum[c] / W.total;  // f times the chunk's raw sum of w
+    out.wr += f * inv_t * wr[c] + (cfs[c] * inv_t + kc) * mass;
+    out.wa += f * inv_t * wa[c] + inv_t * std::fabs(cfs[c]) * mass;
   }
   return out;
 }
