@@ -108,11 +108,11 @@ void configure() {
 
 }  // namespace
 
-void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out) {
-  const size_t kb = k / 32, cb = col_blocks(rows);
+void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out, size_t kb0, size_t kb1) {
+  const size_t kb = std::min(k / 32, kb1), cb = col_blocks(rows);
   // Columns past 3 * rows in the last column block stay zero.
   if (3 * rows % 16 != 0)
-    for (size_t b = 0; b < kb; ++b) std::memset(out + (b * cb + cb - 1) * kTileElems, 0, kTileElems * 2);
+    for (size_t b = kb0; b < kb; ++b) std::memset(out + (b * cb + cb - 1) * kTileElems, 0, kTileElems * 2);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512i pair_rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -120,7 +120,7 @@ void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out) {
   const __m512i top = _mm512_set1_epi32(int(0xFFFF0000u));
   for (size_t m = 0; m < rows; ++m) {
     const float* xr = x + m * ldx;
-    for (size_t b = 0; b < kb; ++b) {
+    for (size_t b = kb0; b < kb; ++b) {
       const __m512i lo16 = _mm512_castps_si512(_mm512_loadu_ps(xr + b * 32));
       const __m512i hi16 = _mm512_castps_si512(_mm512_loadu_ps(xr + b * 32 + 16));
       // The k pairs: e = x[2i], o = x[2i + 1], i = 0..15.
@@ -228,7 +228,7 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
 
 #else  // !SPECULA_HAVE_AMX
 
-void pack(const float*, size_t, size_t, size_t, uint16_t*) {}
+void pack(const float*, size_t, size_t, size_t, uint16_t*, size_t, size_t) {}
 void matmul(const simd::MatmulArgs&, const uint16_t*, size_t, size_t, size_t) {}
 
 #endif

@@ -36,8 +36,10 @@ bool usable(const simd::MatmulArgs& a);
 // The packed activations of a product: rows x k floats (row stride ldx) as bf16 pieces,
 // packed_size() elements at `out`, which should be 64-byte aligned: each B tile row is
 // then one cache line (unaligned, the 40-row products measured 1.7x slower).
+// pack() writes the k blocks (32 values of k each) [kb0, kb1) of it: disjoint ranges may
+// be packed by different threads.
 size_t packed_size(size_t rows, size_t k);
-void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out);
+void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out, size_t kb0 = 0, size_t kb1 = SIZE_MAX);
 
 // y[r, n] for n in [n0, n1) (n0 a multiple of 16; n1 <= n, the matrix's row count) from
 // the packed activations: as simd::Kernels::matmul, bias and accumulate included.

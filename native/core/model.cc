@@ -344,6 +344,8 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
   thread_local std::vector<std::unique_ptr<FloatBuffer>> packs;
   while (packs.size() < list.size()) packs.push_back(std::make_unique<FloatBuffer>());
   std::vector<const uint16_t*> packed(list.size(), nullptr);
+  std::vector<std::pair<size_t, uint16_t*>> to_pack;  // products packed here, and where
+  size_t pack_work = 0;                                // rows x k of those
   for (size_t i = 0; i < list.size(); ++i) {
     const simd::MatmulArgs& a = list.begin()[i];
     if (!amx::usable(a)) continue;
@@ -354,10 +356,23 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
     if (packed[i] == nullptr) {
       packs[i]->reserve((amx::packed_size(a.rows, a.k) + 1) / 2);
       uint16_t* out = reinterpret_cast<uint16_t*>(packs[i]->data());
-      amx::pack(a.x, a.ldx, a.rows, a.k, out);
       packed[i] = out;
+      to_pack.emplace_back(i, out);
+      pack_work += a.rows * a.k;
     }
   }
+  // Packing many rows takes long enough (~30 us for 40 x 768) to be shared by the threads,
+  // each taking a range of k blocks; one row (decoding) is packed here.
+  auto pack = [&](size_t part, size_t parts) {
+    for (const auto& [i, out] : to_pack) {
+      const simd::MatmulArgs& a = list.begin()[i];
+      const size_t kb = a.k / 32;
+      amx::pack(a.x, a.ldx, a.rows, a.k, out, kb * part / parts, kb * (part + 1) / parts);
+    }
+  };
+  const size_t pack_parts = pack_work >= 8 * 768 ? ThreadPool::global().threads() : 1;
+  if (pack_parts > 1) ThreadPool::global().parallel_for(pack_parts, [&](size_t w) { pack(w, pack_parts); });
+  else pack(0, 1);
   struct Block {
     const simd::MatmulArgs* a;
     const uint16_t* packed;  // AMX's packed activations, or null: the SIMD kernels

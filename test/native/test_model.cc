@@ -195,7 +195,8 @@ TEST_CASE(amx_bf16_matmul_matches_double_and_is_batch_invariant) {
   // the bf16 weights times the f32 activations (the pieces make it as exact as the FMA
   // kernels), each row alone giving the same bits as in any batch (1, 5, 40 and 100
   // rows: one to five column groups), a last block of fewer than 16 weight rows, bias,
-  // accumulate, columns split between two calls, and a row stride past k.
+  // accumulate, columns split between two calls, activations packed in two k ranges, and
+  // a row stride past k.
   if (!specula::amx::available()) {
     std::printf("     (no AMX on this CPU: the AMX path is not tested here)\n");
     return;
@@ -213,8 +214,12 @@ TEST_CASE(amx_bf16_matmul_matches_double_and_is_batch_invariant) {
       specula::simd::MatmulArgs a{xs, ldx, r_count, K, w.bytes.data(), WType::BF16, K,
                                   use_bias ? bias.data() : nullptr, y, N, accumulate};
       CHECK(specula::amx::usable(a));
-      std::vector<uint16_t> packed(specula::amx::packed_size(r_count, K));
-      specula::amx::pack(xs, ldx, r_count, K, packed.data());
+      // Packed in two ranges of k blocks (two threads' shares), over garbage: a block that
+      // neither range wrote would show.
+      std::vector<uint16_t> packed(specula::amx::packed_size(r_count, K), 0x7F80);
+      const size_t kb_split = rng() % (K / 32 + 1);
+      specula::amx::pack(xs, ldx, r_count, K, packed.data(), 0, kb_split);
+      specula::amx::pack(xs, ldx, r_count, K, packed.data(), kb_split, K / 32);
       const size_t split = N < 16 ? 0 : 16 * (rng() % (N / 16 + 1));  // two threads' column ranges
       specula::amx::matmul(a, packed.data(), 0, split, N);
       specula::amx::matmul(a, packed.data(), split, N, N);
