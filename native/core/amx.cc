@@ -157,7 +157,7 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
   // it: the tile two k steps ahead is prefetched (the weights stream from memory). A
   // one-block product (decoding) is bound by the stream itself and runs best without.
   constexpr size_t kAhead = 2;
-  const bool prefetch = cb > 1 && !getenv("NOPF");
+  const bool prefetch = cb > 1;
   const uint16_t* w = static_cast<const uint16_t*>(a.w);
   for (size_t g = 0; g < cb; g += kGroup) {
     const size_t gb = std::min(kGroup, cb - g);

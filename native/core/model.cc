@@ -338,9 +338,8 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
   // computed 66 columns per block: 96 measured 3-5% faster in verification and prefill).
   const size_t kCols = list.begin()->rows <= 12 ? 128 : 96;
   // bf16 products that run on AMX take their activations packed once per call (amx.h);
-  // products of the same activations (q, k, v; gate, up) share one packing. The packing
-  // is 64-byte aligned (FloatBuffer): a B tile row that straddles two cache lines made
-  // the 40-row products 1.7x slower.
+  // products of the same activations (q, k, v; gate, up) share one packing, 64-byte
+  // aligned (FloatBuffer) as amx.h asks.
   thread_local std::vector<std::unique_ptr<FloatBuffer>> packs;
   while (packs.size() < list.size()) packs.push_back(std::make_unique<FloatBuffer>());
   std::vector<const uint16_t*> packed(list.size(), nullptr);
