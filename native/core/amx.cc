@@ -154,10 +154,10 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
   alignas(64) float acc[16 * kGroup * 16];  // 16 weight rows x the group's columns
   constexpr size_t lda = kGroup * 16;
   // A product of more than one column block takes long enough per weight tile to stall on
-  // it: the tile two k steps ahead is prefetched (the weights stream from memory). A
-  // one-block product (decoding) is bound by the stream itself and runs best without.
+  // it: in the first group (later ones find the weights in L2) the tile two k steps ahead
+  // is prefetched. A one-block product (decoding) is bound by the weight stream itself
+  // and runs best without.
   constexpr size_t kAhead = 2;
-  const bool prefetch = cb > 1;
   const uint16_t* w = static_cast<const uint16_t*>(a.w);
   for (size_t g = 0; g < cb; g += kGroup) {
     const size_t gb = std::min(kGroup, cb - g);
@@ -178,7 +178,7 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
       _tile_zero(3);
       _tile_zero(4);
       _tile_zero(5);
-      const bool pf = prefetch && g == 0;  // later groups find the weights in L2
+      const bool pf = cb > 1 && g == 0;
       for (size_t kk = 0; kk < kb; ++kk) {
         if (pf && kk + kAhead < kb)
           for (size_t r = 0; r < 16; ++r) _mm_prefetch(reinterpret_cast<const char*>(wb + r * ldw + (kk + kAhead) * 32), _MM_HINT_T0);
