@@ -106,6 +106,72 @@ void configure() {
   done = true;
 }
 
+// y[m, r] = ((hi + mid) + lo) + bias, then + y (the FMA kernels' order around the sum), for
+// rows m in [m0, m1) and the nr weight rows from r0, whose three pieces stand at
+// s[r * lds + 3 (m - m0) ..].
+void epilogue(const simd::MatmulArgs& a, const float* s, size_t lds, size_t m0, size_t m1, size_t r0, size_t nr) {
+  for (size_t m = m0; m < m1; ++m) {
+    float* y = a.y + m * a.ldy + r0;
+    for (size_t r = 0; r < nr; ++r) {
+      const float* sm = s + r * lds + 3 * (m - m0);
+      float v = (sm[0] + sm[1]) + sm[2];
+      if (a.bias != nullptr) v += a.bias[r0 + r];
+      y[r] = a.accumulate ? y[r] + v : v;
+    }
+  }
+}
+
+// Transposes 16 x 16 floats in place: v[c] becomes column c (lane i = row i).
+inline void transpose16(__m512 v[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  // u[4i + j], 128-bit lane L: rows 4i..4i+3 of column 4L + j.
+  __m512 u[16];
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 e1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), e2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 o1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD), o2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    v[j] = _mm512_shuffle_f32x4(e1, e2, 0x88);
+    v[8 + j] = _mm512_shuffle_f32x4(e1, e2, 0xDD);
+    v[4 + j] = _mm512_shuffle_f32x4(o1, o2, 0x88);
+    v[12 + j] = _mm512_shuffle_f32x4(o1, o2, 0xDD);
+  }
+}
+
+// epilogue() vectorized over the weight rows, for many rows m: 48 columns at a time (the
+// pieces of 16 rows m) of the 16 weight rows transposed, so that each row m's three
+// pieces are vectors over the weight rows; the same operations in the same order, so the
+// same bits. Reads up to 47 floats past column 3 (m1 - m0) of each row of s.
+void epilogue16(const simd::MatmulArgs& a, const float* s, size_t lds, size_t m0, size_t m1, size_t r0, size_t nr) {
+  const __mmask16 k = __mmask16((1u << nr) - 1);
+  const __m512 bias = a.bias != nullptr ? _mm512_maskz_loadu_ps(k, a.bias + r0) : _mm512_setzero_ps();
+  for (size_t mb = m0; mb < m1; mb += 16) {
+    __m512 c[3][16];
+    for (int q = 0; q < 3; ++q) {
+      for (int r = 0; r < 16; ++r) c[q][r] = _mm512_loadu_ps(s + r * lds + 3 * (mb - m0) + 16 * q);
+      transpose16(c[q]);
+    }
+    const size_t mn = std::min<size_t>(16, m1 - mb);
+    for (size_t j = 0; j < mn; ++j) {
+      const size_t col = 3 * j;  // this row's columns of the 48: col, col + 1, col + 2
+      __m512 v = _mm512_add_ps(c[col / 16][col % 16], c[(col + 1) / 16][(col + 1) % 16]);
+      v = _mm512_add_ps(v, c[(col + 2) / 16][(col + 2) % 16]);
+      if (a.bias != nullptr) v = _mm512_add_ps(v, bias);
+      float* y = a.y + (mb + j) * a.ldy + r0;
+      if (a.accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, y), v);
+      _mm512_mask_storeu_ps(y, k, v);
+    }
+  }
+}
+
 }  // namespace
 
 void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out, size_t kb0, size_t kb1) {
@@ -151,7 +217,10 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
   // other groups reuse them.
   constexpr size_t kGroup = 6, kGroupRows = kGroup * 16 / 3;
   thread_local std::vector<uint16_t> tail;  // a last block of fewer than 16 weight rows, zero-padded
-  alignas(64) float acc[16 * kGroup * 16];  // 16 weight rows x the group's columns
+  // 16 weight rows x the group's columns. epilogue16 reads past a group's stored columns
+  // (3 x 16 + 47 < 96: never past a row) values of earlier calls or the first zeros, which
+  // it never stores.
+  alignas(64) thread_local float acc[16 * kGroup * 16] = {};
   constexpr size_t lda = kGroup * 16;
   // A product of more than one column block takes long enough per weight tile to stall on
   // it: in the first group (later ones find the weights in L2) the tile two k steps ahead
@@ -206,16 +275,9 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
       SPECULA_AMX_STORE(4)
       SPECULA_AMX_STORE(5)
 #undef SPECULA_AMX_STORE
-      // y = ((hi + mid) + lo) + bias, then + y: the FMA kernels' order around the sum.
-      for (size_t m = m0; m < m1; ++m) {
-        float* y = a.y + m * a.ldy + r0;
-        for (size_t r = 0; r < nr; ++r) {
-          const float* sm = acc + r * lda + 3 * (m - m0);
-          float v = (sm[0] + sm[1]) + sm[2];
-          if (a.bias != nullptr) v += a.bias[r0 + r];
-          y[r] = a.accumulate ? y[r] + v : v;
-        }
-      }
+      // Few rows (decoding) go scalar: the transposes would cost more than they save.
+      if (m1 - m0 >= 8) epilogue16(a, acc, lda, m0, m1, r0, nr);
+      else epilogue(a, acc, lda, m0, m1, r0, nr);
     }
   }
 }

@@ -193,18 +193,18 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
 TEST_CASE(amx_bf16_matmul_matches_double_and_is_batch_invariant) {
   // The AMX path of bf16 products (amx.h), where the CPU has it: against double sums of
   // the bf16 weights times the f32 activations (the pieces make it as exact as the FMA
-  // kernels), each row alone giving the same bits as in any batch (1, 5, 40 and 100
-  // rows: one to five column groups), a last block of fewer than 16 weight rows, bias,
-  // accumulate, columns split between two calls, activations packed in two k ranges, and
-  // a row stride past k.
+  // kernels), each row alone giving the same bits as in any batch (1 to 100 rows: one to
+  // five column groups, whose sums go through the scalar or the transposing epilogue), a
+  // last block of fewer than 16 weight rows, bias, accumulate, columns split between two
+  // calls, activations packed in two k ranges, and a row stride past k.
   if (!specula::amx::available()) {
     std::printf("     (no AMX on this CPU: the AMX path is not tested here)\n");
     return;
   }
   std::mt19937_64 rng(7);
-  for (int trial = 0; trial < 16; ++trial) {
-    const size_t rows_set[] = {1, 5, 40, 100};
-    const size_t rows = rows_set[trial % 4], K = 32 * (1 + rng() % 24), N = 1 + rng() % 90, ldx = K + trial % 3;
+  for (int trial = 0; trial < 24; ++trial) {
+    const size_t rows_set[] = {1, 5, 11, 40, 85, 100};
+    const size_t rows = rows_set[trial % 6], K = 32 * (1 + rng() % 24), N = 1 + rng() % 90, ldx = K + trial % 3;
     const std::vector<float> x = randn(rng, rows * ldx, trial % 2 ? 30.0 : 0.01);
     const Stored w = store(randn(rng, N * K, 0.5), WType::BF16);
     const std::vector<float> bias = randn(rng, N, 1.0);
