@@ -154,16 +154,15 @@ void epilogue16(const simd::MatmulArgs& a, const float* s, size_t lds, size_t m0
   const __mmask16 k = __mmask16((1u << nr) - 1);
   const __m512 bias = a.bias != nullptr ? _mm512_maskz_loadu_ps(k, a.bias + r0) : _mm512_setzero_ps();
   for (size_t mb = m0; mb < m1; mb += 16) {
-    __m512 c[3][16];
+    __m512 c[48];  // c[i]: column i of the 48, over the weight rows
     for (int q = 0; q < 3; ++q) {
-      for (int r = 0; r < 16; ++r) c[q][r] = _mm512_loadu_ps(s + r * lds + 3 * (mb - m0) + 16 * q);
-      transpose16(c[q]);
+      for (int r = 0; r < 16; ++r) c[16 * q + r] = _mm512_loadu_ps(s + r * lds + 3 * (mb - m0) + 16 * q);
+      transpose16(c + 16 * q);
     }
     const size_t mn = std::min<size_t>(16, m1 - mb);
     for (size_t j = 0; j < mn; ++j) {
-      const size_t col = 3 * j;  // this row's columns of the 48: col, col + 1, col + 2
-      __m512 v = _mm512_add_ps(c[col / 16][col % 16], c[(col + 1) / 16][(col + 1) % 16]);
-      v = _mm512_add_ps(v, c[(col + 2) / 16][(col + 2) % 16]);
+      __m512 v = _mm512_add_ps(c[3 * j], c[3 * j + 1]);
+      v = _mm512_add_ps(v, c[3 * j + 2]);
       if (a.bias != nullptr) v = _mm512_add_ps(v, bias);
       float* y = a.y + (mb + j) * a.ldy + r0;
       if (a.accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, y), v);

@@ -14,8 +14,9 @@
 // cancel (q - p, h - C, the masses on each side of p = q) in a form that does not; a
 // third writes the gradient. fkl and rkl take both rows in one sweep instead, which also
 // sums w r (w = p or q) and so gives the loss without a second pass wherever its float
-// error is below 1e-5 of it; other rows go on to the second pass (kd.cc). The normalisers' float rounding (about 1e-7) shifts all r
-// by one constant; it is measured from sum (q - p) = 0 and corrected to first order.
+// error is below 1e-5 of it; other rows go on to the second pass (kd.cc). The
+// normalisers' float rounding (about 1e-7) shifts all r by one constant; it is measured
+// from sum (q - p) = 0 and corrected to first order.
 // With finite logits every divergence is finite: (z - max z)/T is formed in double, so
 // no probability that enters a sum is exactly 0 where its partner is not.
 #pragma once
