@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "amx.h"
 #include "bench_util.h"
 #include "model.h"
 #include "sampling.h"
@@ -131,8 +132,12 @@ int main(int argc, char** argv) {
   const auto specs = write_model(c, wt, tmp.path);
   auto model = std::make_shared<const specula::Model>(c, std::vector<std::string>{tmp.path}, specs);
   const double wbytes = double(model->weight_bytes_per_token());
-  std::printf("model: llama-100m %s, %.1f M parameters, %.0f MB weights per token, %s, %d threads\n", dtype.c_str(),
-              wbytes / (wt == WType::F32 ? 4 : 2) / 1e6, wbytes / 1e6, specula::simd::kernels().name, threads);
+  const std::string amx = specula::amx::enabled() && wt == WType::BF16
+                              ? " (AMX, " + std::to_string(specula::amx::pieces()) + " pieces)"
+                              : "";
+  std::printf("model: llama-100m %s, %.1f M parameters, %.0f MB weights per token, %s%s, %d threads\n", dtype.c_str(),
+              wbytes / (wt == WType::F32 ? 4 : 2) / 1e6, wbytes / 1e6, specula::simd::kernels().name, amx.c_str(),
+              threads);
 
   // Ceilings.
   std::vector<float> big(size_t(wbytes / 4) + (1 << 20));

@@ -40,17 +40,25 @@ bool detect() {
 #endif
 }
 
+// SPECULA_AMX: "0" off, "3" three pieces, anything else (or unset) two.
+const char* amx_env() {
+  const char* e = std::getenv("SPECULA_AMX");
+  return e != nullptr ? e : "";
+}
+
 std::atomic<bool>& switch_on() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("SPECULA_AMX");
-    return !(e != nullptr && std::strcmp(e, "0") == 0);
-  }()};
+  static std::atomic<bool> on{std::strcmp(amx_env(), "0") != 0};
   return on;
+}
+
+std::atomic<int>& piece_count() {
+  static std::atomic<int> p{std::strcmp(amx_env(), "3") == 0 ? 3 : 2};
+  return p;
 }
 
 constexpr size_t kTileElems = 512;  // bf16 in one B tile: 16 rows (k pairs) x 16 columns x 2
 
-size_t col_blocks(size_t rows) { return (3 * rows + 15) / 16; }
+size_t col_blocks(size_t rows, size_t P) { return (P * rows + 15) / 16; }
 
 }  // namespace
 
@@ -67,9 +75,17 @@ bool set_enabled(bool on) {
   return was;
 }
 
+int pieces() { return piece_count().load(std::memory_order_relaxed); }
+
+int set_pieces(int p) {
+  const int was = pieces();
+  if (p == 2 || p == 3) piece_count().store(p);
+  return was;
+}
+
 bool usable(const simd::MatmulArgs& a) { return a.wtype == simd::WType::BF16 && a.k % 32 == 0 && a.k > 0 && enabled(); }
 
-size_t packed_size(size_t rows, size_t k) { return (k / 32) * col_blocks(rows) * kTileElems; }
+size_t packed_size(size_t rows, size_t k) { return (k / 32) * col_blocks(rows, size_t(pieces())) * kTileElems; }
 
 #if SPECULA_HAVE_AMX
 
@@ -106,15 +122,17 @@ void configure() {
   done = true;
 }
 
-// y[m, r] = ((hi + mid) + lo) + bias, then + y (the FMA kernels' order around the sum), for
-// rows m in [m0, m1) and the nr weight rows from r0, whose three pieces stand at
-// s[r * lds + 3 (m - m0) ..].
-void epilogue(const simd::MatmulArgs& a, const float* s, size_t lds, size_t m0, size_t m1, size_t r0, size_t nr) {
+// y[m, r] = (hi + lo) or ((hi + mid) + lo), + bias, then + y (the FMA kernels' order
+// around the sum), for rows m in [m0, m1) and the nr weight rows from r0, whose P pieces
+// stand at s[r * lds + P (m - m0) ..].
+void epilogue(const simd::MatmulArgs& a, size_t P, const float* s, size_t lds, size_t m0, size_t m1, size_t r0,
+              size_t nr) {
   for (size_t m = m0; m < m1; ++m) {
     float* y = a.y + m * a.ldy + r0;
     for (size_t r = 0; r < nr; ++r) {
-      const float* sm = s + r * lds + 3 * (m - m0);
-      float v = (sm[0] + sm[1]) + sm[2];
+      const float* sm = s + r * lds + P * (m - m0);
+      float v = sm[0] + sm[1];
+      if (P == 3) v += sm[2];
       if (a.bias != nullptr) v += a.bias[r0 + r];
       y[r] = a.accumulate ? y[r] + v : v;
     }
@@ -146,23 +164,24 @@ inline void transpose16(__m512 v[16]) {
   }
 }
 
-// epilogue() vectorized over the weight rows, for many rows m: 48 columns at a time (the
-// pieces of 16 rows m) of the 16 weight rows transposed, so that each row m's three
+// epilogue() vectorized over the weight rows, for many rows m: 16 P columns at a time
+// (the pieces of 16 rows m) of the 16 weight rows transposed, so that each row m's
 // pieces are vectors over the weight rows; the same operations in the same order, so the
-// same bits. Reads up to 47 floats past column 3 (m1 - m0) of each row of s.
+// same bits. Reads up to 16 P - 1 floats past column P (m1 - m0) of each row of s.
+template <size_t P>
 void epilogue16(const simd::MatmulArgs& a, const float* s, size_t lds, size_t m0, size_t m1, size_t r0, size_t nr) {
   const __mmask16 k = __mmask16((1u << nr) - 1);
   const __m512 bias = a.bias != nullptr ? _mm512_maskz_loadu_ps(k, a.bias + r0) : _mm512_setzero_ps();
   for (size_t mb = m0; mb < m1; mb += 16) {
-    __m512 c[48];  // c[i]: column i of the 48, over the weight rows
-    for (int q = 0; q < 3; ++q) {
-      for (int r = 0; r < 16; ++r) c[16 * q + r] = _mm512_loadu_ps(s + r * lds + 3 * (mb - m0) + 16 * q);
+    __m512 c[16 * P];  // c[i]: column i of the 16 P, over the weight rows
+    for (size_t q = 0; q < P; ++q) {
+      for (size_t r = 0; r < 16; ++r) c[16 * q + r] = _mm512_loadu_ps(s + r * lds + P * (mb - m0) + 16 * q);
       transpose16(c + 16 * q);
     }
     const size_t mn = std::min<size_t>(16, m1 - mb);
     for (size_t j = 0; j < mn; ++j) {
-      __m512 v = _mm512_add_ps(c[3 * j], c[3 * j + 1]);
-      v = _mm512_add_ps(v, c[3 * j + 2]);
+      __m512 v = _mm512_add_ps(c[P * j], c[P * j + 1]);
+      if (P == 3) v = _mm512_add_ps(v, c[P * j + 2]);
       if (a.bias != nullptr) v = _mm512_add_ps(v, bias);
       float* y = a.y + (mb + j) * a.ldy + r0;
       if (a.accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, y), v);
@@ -171,18 +190,33 @@ void epilogue16(const simd::MatmulArgs& a, const float* s, size_t lds, size_t m0
   }
 }
 
-}  // namespace
+// The bf16 piece (the top 16 bits) of x (bits b): rounded to nearest, ties to even, for
+// two pieces; truncated for three (x = hi + mid + lo exactly: 8 + 8 + 8 significant bits),
+// and wherever b is infinite or NaN or would round to infinity, so that x - piece stays
+// finite for finite x. x - piece is exact in f32 either way.
+template <size_t P>
+inline __m512i piece(__m512i b) {
+  const __m512i top = _mm512_set1_epi32(int(0xFFFF0000u));
+  const __m512i trunc = _mm512_and_si512(b, top);
+  if (P == 3) return trunc;
+  const __m512i exp = _mm512_set1_epi32(0x7F800000);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_and_si512(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)), top);
+  const __mmask16 special =
+      _mm512_cmpeq_epi32_mask(_mm512_and_si512(b, exp), exp) | _mm512_cmpeq_epi32_mask(_mm512_and_si512(r, exp), exp);
+  return _mm512_mask_mov_epi32(r, special, trunc);
+}
 
-void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out, size_t kb0, size_t kb1) {
-  const size_t kb = std::min(k / 32, kb1), cb = col_blocks(rows);
-  // Columns past 3 * rows in the last column block stay zero.
-  if (3 * rows % 16 != 0)
+template <size_t P>
+void pack_pieces(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out, size_t kb0, size_t kb1) {
+  const size_t kb = std::min(k / 32, kb1), cb = col_blocks(rows, P);
+  // Columns past P * rows in the last column block stay zero.
+  if (P * rows % 16 != 0)
     for (size_t b = kb0; b < kb; ++b) std::memset(out + (b * cb + cb - 1) * kTileElems, 0, kTileElems * 2);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512i pair_rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                                _mm512_set1_epi32(16));  // dword index of k pair i in a tile
-  const __m512i top = _mm512_set1_epi32(int(0xFFFF0000u));
   for (size_t m = 0; m < rows; ++m) {
     const float* xr = x + m * ldx;
     for (size_t b = kb0; b < kb; ++b) {
@@ -191,12 +225,12 @@ void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out, size
       // The k pairs: e = x[2i], o = x[2i + 1], i = 0..15.
       __m512 e = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo16, even, hi16));
       __m512 o = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo16, odd, hi16));
-      for (size_t p = 0; p < 3; ++p) {
-        // This piece: the top 16 bits (truncation); the rest is exact in f32 and goes on.
-        const __m512i eb = _mm512_and_si512(_mm512_castps_si512(e), top);
-        const __m512i ob = _mm512_and_si512(_mm512_castps_si512(o), top);
+      for (size_t p = 0; p < P; ++p) {
+        // This piece; the rest goes on to the next.
+        const __m512i eb = piece<P>(_mm512_castps_si512(e));
+        const __m512i ob = piece<P>(_mm512_castps_si512(o));
         const __m512i dw = _mm512_or_si512(ob, _mm512_srli_epi32(eb, 16));  // bf16 pair (even low, odd high)
-        const size_t c = 3 * m + p;
+        const size_t c = P * m + p;
         uint16_t* dst = out + (b * cb + c / 16) * kTileElems + (c % 16) * 2;
         _mm512_i32scatter_epi32(dst, pair_rows, dw, 4);
         e = _mm512_sub_ps(e, _mm512_castsi512_ps(eb));
@@ -206,18 +240,26 @@ void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out, size
   }
 }
 
+}  // namespace
+
+void pack(const float* x, size_t ldx, size_t rows, size_t k, uint16_t* out, size_t kb0, size_t kb1) {
+  if (pieces() == 3) pack_pieces<3>(x, ldx, rows, k, out, kb0, kb1);
+  else pack_pieces<2>(x, ldx, rows, k, out, kb0, kb1);
+}
+
 void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t n1, size_t n) {
   if (n0 >= n1 || a.rows == 0) return;
   configure();
-  const size_t K = a.k, kb = K / 32, M = a.rows, cb = col_blocks(M);
-  // Groups of up to 6 column blocks (the accumulator tiles): 96 columns, the pieces of 32
-  // rows, so that every group holds whole rows. Groups go outside the weight rows: the
+  const size_t P = size_t(pieces()), K = a.k, kb = K / 32, M = a.rows, cb = col_blocks(M, P);
+  // Groups of up to 6 column blocks (the accumulator tiles): 96 columns, the pieces of 48
+  // rows (two pieces) or 32 (three), so that every group holds whole rows. Groups go outside the weight rows: the
   // block's weights (n1 - n0 <= 128 rows) and a group's activations stay in L2 while the
   // other groups reuse them.
-  constexpr size_t kGroup = 6, kGroupRows = kGroup * 16 / 3;
+  constexpr size_t kGroup = 6;
+  const size_t group_rows = kGroup * 16 / P;
   thread_local std::vector<uint16_t> tail;  // a last block of fewer than 16 weight rows, zero-padded
   // 16 weight rows x the group's columns. epilogue16 reads past a group's stored columns
-  // (3 x 16 + 47 < 96: never past a row) values of earlier calls or the first zeros, which
+  // (to column P (group_rows - 16) + 16 P - 1 = 95 at most: never past a row) values of earlier calls or the first zeros, which
   // it never stores.
   alignas(64) thread_local float acc[16 * kGroup * 16] = {};
   constexpr size_t lda = kGroup * 16;
@@ -229,7 +271,7 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
   const uint16_t* w = static_cast<const uint16_t*>(a.w);
   for (size_t g = 0; g < cb; g += kGroup) {
     const size_t gb = std::min(kGroup, cb - g);
-    const size_t m0 = g / kGroup * kGroupRows, m1 = std::min(M, m0 + kGroupRows);
+    const size_t m0 = g / kGroup * group_rows, m1 = std::min(M, m0 + group_rows);
     for (size_t r0 = n0; r0 < n1; r0 += 16) {
       const size_t nr = std::min<size_t>(16, n - r0);
       const uint16_t* wb = w + r0 * a.ldw;
@@ -275,8 +317,9 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
       SPECULA_AMX_STORE(5)
 #undef SPECULA_AMX_STORE
       // Few rows (decoding) go scalar: the transposes would cost more than they save.
-      if (m1 - m0 >= 8) epilogue16(a, acc, lda, m0, m1, r0, nr);
-      else epilogue(a, acc, lda, m0, m1, r0, nr);
+      if (m1 - m0 < 8) epilogue(a, P, acc, lda, m0, m1, r0, nr);
+      else if (P == 3) epilogue16<3>(a, acc, lda, m0, m1, r0, nr);
+      else epilogue16<2>(a, acc, lda, m0, m1, r0, nr);
     }
   }
 }

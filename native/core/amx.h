@@ -1,12 +1,16 @@
-// bf16 matrix products on Intel AMX (Sapphire Rapids and later), exact to f32 rounding.
+// bf16 matrix products on Intel AMX (Sapphire Rapids and later).
 //
 // The weights stay as mapped ([N, K] bf16, rows of K): a 16-row block of them is the A
-// tile of TDPBF16PS, so nothing is repacked. Each activation x (f32) is split into three
-// bf16 pieces, x = hi + mid + lo exactly (8 + 8 + 8 significant bits), laid out as
-// the B tile's columns: column 3m + p holds piece p of row m. Every product of a bf16
-// weight and a bf16 piece is exact in f32, so each output is three f32-accumulated dot
-// products, summed as (hi + mid) + lo: the same accuracy as the f32 FMA kernels (about
-// 4e-8 of sum |w x| measured), at the tiles' rate rather than 16 lanes per FMA.
+// tile of TDPBF16PS, so nothing is repacked. Each activation x (f32) is split into P bf16
+// pieces, laid out as the B tile's columns: column P m + p holds piece p of row m. Every
+// product of a bf16 weight and a bf16 piece is exact in f32, so each output is P
+// f32-accumulated dot products, summed as hi + lo or (hi + mid) + lo:
+// - P = 2 (the default): hi = x rounded to bf16 (to nearest, ties to even), lo = x - hi
+//   rounded to bf16: 16-17 significant bits, |x - hi - lo| <= 2^-16 |x|. Products come
+//   within ~5e-7 of sum |w x| (rms ~1.4e-7; the FMA kernels: ~4e-8 and ~8e-9). Still
+//   ~2^8 finer than rounding activations to bf16, as bf16 CPU paths commonly do.
+// - P = 3 (SPECULA_AMX=3): x = hi + mid + lo exactly (truncations, 8 + 8 + 8 significant
+//   bits): the same accuracy as the f32 FMA kernels, and 1.5 x the tile products of P = 2.
 //
 // Batch invariance holds: whether a product runs here depends only on the CPU, the
 // weight type and K (never on the number of rows), and each output column is computed on
@@ -29,6 +33,13 @@ bool enabled();
 // Turns the AMX path on (where available) or off for the whole process; returns the
 // previous value of enabled(). For tests and benchmarks: not for use while products run.
 bool set_enabled(bool on);
+
+// How many bf16 pieces each activation is split into: 2 (the default) or 3
+// (SPECULA_AMX=3 in the environment, or set_pieces). set_pieces ignores other values and
+// returns the previous count; like set_enabled, it is for tests and benchmarks, not for
+// use while products run (packed_size, pack and matmul must see the same count).
+int pieces();
+int set_pieces(int p);
 
 // Whether this product runs on AMX: enabled(), bf16 weights and K a multiple of 32.
 bool usable(const simd::MatmulArgs& a);

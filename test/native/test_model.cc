@@ -3,6 +3,7 @@
 // tiny random Llama (f32, f16, bf16; GQA, biases, llama3 RoPE, tied embeddings) against
 // a naive double forward; cached decoding, truncation and ragged batches bitwise; errors.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -97,7 +98,7 @@ std::vector<float> randn(std::mt19937_64& rng, size_t n, double scale, double me
 // Whether y (rows x N) is x (rows x K, row stride ldx) times the weights' rows (N x K,
 // exact values) in double, plus bias and y0 where given: within 4e-6 of sum |x w| + 1.
 bool matmul_matches_double(const std::vector<float>& y, const std::vector<float>& x, size_t ldx, size_t rows, size_t K,
-                           const Stored& w, size_t N, const float* bias, const float* y0) {
+                           const Stored& w, size_t N, const float* bias, const float* y0, double tol = 4e-6) {
   for (size_t t = 0; t < rows; ++t)
     for (size_t n = 0; n < N; ++n) {
       double s = 0, mag = 0;
@@ -107,7 +108,7 @@ bool matmul_matches_double(const std::vector<float>& y, const std::vector<float>
       }
       if (bias != nullptr) s += bias[n];
       if (y0 != nullptr) s += y0[t * N + n];
-      if (!(std::fabs(y[t * N + n] - s) <= 1e-6 * (mag + 1) * 4)) return false;
+      if (!(std::fabs(y[t * N + n] - s) <= tol * (mag + 1))) return false;
     }
   return true;
 }
@@ -190,51 +191,88 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
   }
 }
 
+// x rounded to bf16 (8 significant bits) to nearest, ties to even, in double arithmetic
+// (an independent statement of the two-piece split of amx.h).
+double round_bf16(double x) {
+  if (x == 0 || !std::isfinite(x)) return x;
+  int e = 0;
+  std::frexp(x, &e);  // |x| in [2^(e-1), 2^e)
+  const double ulp = std::ldexp(1.0, e - 8);
+  return std::nearbyint(x / ulp) * ulp;  // the default rounding mode: to nearest, ties to even
+}
+
 TEST_CASE(amx_bf16_matmul_matches_double_and_is_batch_invariant) {
-  // The AMX path of bf16 products (amx.h), where the CPU has it: against double sums of
-  // the bf16 weights times the f32 activations (the pieces make it as exact as the FMA
-  // kernels), each row alone giving the same bits as in any batch (1 to 100 rows: one to
-  // five column groups, whose sums go through the scalar or the transposing epilogue), a
-  // last block of fewer than 16 weight rows, bias, accumulate, columns split between two
-  // calls, activations packed in two k ranges, and a row stride past k.
+  // The AMX path of bf16 products (amx.h), where the CPU has it, with three pieces and
+  // with two. Against double sums of the bf16 weights times the activations as the pieces
+  // represent them: the f32 values themselves (three pieces: exact), or hi + lo with hi =
+  // x rounded to bf16 and lo = x - hi rounded to bf16 (two). Each row alone gives the same
+  // bits as in any batch (1 to 100 rows: one to five column groups, whose sums go through
+  // the scalar or the transposing epilogue); a last block of fewer than 16 weight rows,
+  // bias, accumulate, columns split between two calls, activations packed in two k
+  // ranges, and a row stride past k.
   if (!specula::amx::available()) {
     std::printf("     (no AMX on this CPU: the AMX path is not tested here)\n");
     return;
   }
-  std::mt19937_64 rng(7);
-  for (int trial = 0; trial < 24; ++trial) {
-    const size_t rows_set[] = {1, 5, 11, 40, 85, 100};
-    const size_t rows = rows_set[trial % 6], K = 32 * (1 + rng() % 24), N = 1 + rng() % 90, ldx = K + trial % 3;
-    const std::vector<float> x = randn(rng, rows * ldx, trial % 2 ? 30.0 : 0.01);
-    const Stored w = store(randn(rng, N * K, 0.5), WType::BF16);
-    const std::vector<float> bias = randn(rng, N, 1.0);
-    const std::vector<float> y0 = randn(rng, rows * N, 1.0);
-    const bool use_bias = trial % 3 == 0, accumulate = trial % 4 < 2;
-    auto run = [&](const float* xs, size_t r_count, float* y) {
-      specula::simd::MatmulArgs a{xs, ldx, r_count, K, w.bytes.data(), WType::BF16, K,
-                                  use_bias ? bias.data() : nullptr, y, N, accumulate};
-      CHECK(specula::amx::usable(a));
-      // Packed in two ranges of k blocks (two threads' shares), over garbage: a block that
-      // neither range wrote would show.
-      std::vector<uint16_t> packed(specula::amx::packed_size(r_count, K), 0x7F80);
-      const size_t kb_split = rng() % (K / 32 + 1);
-      specula::amx::pack(xs, ldx, r_count, K, packed.data(), 0, kb_split);
-      specula::amx::pack(xs, ldx, r_count, K, packed.data(), kb_split, K / 32);
-      const size_t split = N < 16 ? 0 : 16 * (rng() % (N / 16 + 1));  // two threads' column ranges
-      specula::amx::matmul(a, packed.data(), 0, split, N);
-      specula::amx::matmul(a, packed.data(), split, N, N);
-    };
-    std::vector<float> y = y0;
-    run(x.data(), rows, y.data());
-    CHECK_MSG(matmul_matches_double(y, x, ldx, rows, K, w, N, use_bias ? bias.data() : nullptr,
-                                    accumulate ? y0.data() : nullptr),
-              "amx rows=" + std::to_string(rows) + " K=" + std::to_string(K) + " N=" + std::to_string(N));
-    for (size_t t = 0; t < rows; t += 1 + rows / 7) {
-      std::vector<float> yr(y0.begin() + t * N, y0.begin() + (t + 1) * N);
-      run(x.data() + t * ldx, 1, yr.data());
-      CHECK_MSG(std::memcmp(yr.data(), y.data() + t * N, N * 4) == 0, "amx row alone");
+  const int pieces_before = specula::amx::pieces();
+  for (const int P : {3, 2}) {
+    specula::amx::set_pieces(P);
+    CHECK_EQ(specula::amx::pieces(), P);
+    std::mt19937_64 rng(7);
+    for (int trial = 0; trial < 24; ++trial) {
+      const size_t rows_set[] = {1, 5, 11, 40, 85, 100};
+      const size_t rows = rows_set[trial % 6], K = 32 * (1 + rng() % 24), N = 1 + rng() % 90, ldx = K + trial % 3;
+      const std::vector<float> x = randn(rng, rows * ldx, trial % 2 ? 30.0 : 0.01);
+      const Stored w = store(randn(rng, N * K, 0.5), WType::BF16);
+      const std::vector<float> bias = randn(rng, N, 1.0);
+      const std::vector<float> y0 = randn(rng, rows * N, 1.0);
+      const bool use_bias = trial % 3 == 0, accumulate = trial % 4 < 2;
+      auto run = [&](const float* xs, size_t r_count, float* y) {
+        specula::simd::MatmulArgs a{xs, ldx, r_count, K, w.bytes.data(), WType::BF16, K,
+                                    use_bias ? bias.data() : nullptr, y, N, accumulate};
+        CHECK(specula::amx::usable(a));
+        // Packed in two ranges of k blocks (two threads' shares), over garbage: a block
+        // that neither range wrote would show.
+        std::vector<uint16_t> packed(specula::amx::packed_size(r_count, K), 0x7F80);
+        const size_t kb_split = rng() % (K / 32 + 1);
+        specula::amx::pack(xs, ldx, r_count, K, packed.data(), 0, kb_split);
+        specula::amx::pack(xs, ldx, r_count, K, packed.data(), kb_split, K / 32);
+        const size_t split = N < 16 ? 0 : 16 * (rng() % (N / 16 + 1));  // two threads' column ranges
+        specula::amx::matmul(a, packed.data(), 0, split, N);
+        specula::amx::matmul(a, packed.data(), split, N, N);
+      };
+      std::vector<float> y = y0;
+      run(x.data(), rows, y.data());
+      // What the pieces represent, in double (x itself for three pieces).
+      std::vector<float> xp = x;
+      if (P == 2)
+        for (float& v : xp) {
+          const double hi = round_bf16(v);
+          v = float(hi + round_bf16(double(v) - hi));  // 16 or 17 significant bits: exact in f32
+        }
+      // f32 accumulation of exact products: ~4e-8 of sum |w x| (two pieces against x
+      // itself: ~5e-7).
+      CHECK_MSG(matmul_matches_double(y, xp, ldx, rows, K, w, N, use_bias ? bias.data() : nullptr,
+                                      accumulate ? y0.data() : nullptr, 4e-7),
+                "amx pieces=" + std::to_string(P) + " rows=" + std::to_string(rows) + " K=" + std::to_string(K) +
+                    " N=" + std::to_string(N));
+      for (size_t t = 0; t < rows; t += 1 + rows / 7) {
+        std::vector<float> yr(y0.begin() + t * N, y0.begin() + (t + 1) * N);
+        run(x.data() + t * ldx, 1, yr.data());
+        CHECK_MSG(std::memcmp(yr.data(), y.data() + t * N, N * 4) == 0, "amx row alone");
+      }
     }
+    // An activation that rounds to infinity in bf16 (FLT_MAX) still gives a finite product.
+    std::vector<float> xm(32, 0.0f), ym(1, 0.0f);
+    xm[5] = FLT_MAX;
+    const Stored wm = store(std::vector<float>(32, 0.5f), WType::BF16);
+    specula::simd::MatmulArgs am{xm.data(), 32, 1, 32, wm.bytes.data(), WType::BF16, 32, nullptr, ym.data(), 1, false};
+    std::vector<uint16_t> pm(specula::amx::packed_size(1, 32));
+    specula::amx::pack(xm.data(), 32, 1, 32, pm.data());
+    specula::amx::matmul(am, pm.data(), 0, 1, 1);
+    CHECK_NEAR(ym[0], 0.5 * FLT_MAX, 0, 1e-6 * FLT_MAX);
   }
+  specula::amx::set_pieces(pieces_before);
 }
 
 TEST_CASE(attention_matches_double) {
