@@ -34,7 +34,7 @@ function rssFromProc() {
 }
 
 const info = runtimeInfo();
-console.log(`specula ${info.version} model benchmark: llama-100m, ${info.threads} threads, ${info.simd} kernels${info.amx ? " (bf16 products on AMX)" : ""}, context ${ctx}`);
+console.log(`specula ${info.version} model benchmark: llama-100m, ${info.threads} threads, ${info.simd} kernels${info.amx ? ` (bf16 products on AMX, ${info.amxPieces} pieces)` : ""}, context ${ctx}`);
 for (const dtype of dtypes) {
   const dir = path.join(root, `specula-bench-llama-100m-${dtype}`);
   if (!existsSync(path.join(dir, 'model.safetensors'))) {

@@ -58,6 +58,7 @@ export interface Binding {
   availableCores(): number;
   simd(): 'avx512' | 'avx2' | 'portable';
   amx(): boolean;
+  amxPieces(): number;
   setSimd(level: 'avx512' | 'avx2' | 'portable'): boolean;
 }
 

@@ -14,9 +14,16 @@ export interface RuntimeInfo {
   simd: 'avx512' | 'avx2' | 'portable';
   /**
    * Whether products with bf16 weights run on AMX tiles (CPUs with AMX-BF16, unless
-   * SPECULA_AMX=0): as exact as the SIMD kernels, faster for many rows, other rounding.
+   * SPECULA_AMX=0): faster for many rows, other rounding (see amxPieces).
    */
   amx: boolean;
+  /**
+   * How many bf16 pieces each f32 activation is split into on AMX (0 when AMX is off).
+   * 2 (the default): hi + lo, 16-17 significant bits, products within ~5e-7 of
+   * sum |w x| (the SIMD kernels: ~4e-8). 3 (SPECULA_AMX=3): exact, as accurate as the SIMD
+   * kernels, ~1.4x slower for many rows. Fixed for the life of the process.
+   */
+  amxPieces: 0 | 2 | 3;
 }
 
 /** specula's version, from package.json. */
@@ -35,5 +42,8 @@ export function getThreads(): number {
 
 export function runtimeInfo(): RuntimeInfo {
   const b = native();
-  return { version, threads: b.threads(), availableCores: b.availableCores(), simd: b.simd(), amx: b.amx() };
+  return {
+    version, threads: b.threads(), availableCores: b.availableCores(), simd: b.simd(), amx: b.amx(),
+    amxPieces: b.amxPieces() as 0 | 2 | 3,
+  };
 }

@@ -32,11 +32,14 @@ describe('package', () => {
     expect(out.info.version).toBe(JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')).version);
     expect(['avx512', 'avx2', 'portable']).toContain(out.info.simd);
     expect(typeof out.info.amx).toBe('boolean');
-    // SPECULA_AMX=0 turns the AMX path of bf16 products off.
-    const off = execFileSync(process.execPath, ['--input-type=module', '-e',
-      "const m = await import('specula'); console.log(m.runtimeInfo().amx)"],
-    { cwd: root, encoding: 'utf8', env: { ...process.env, SPECULA_AMX: '0' } });
-    expect(off.trim()).toBe('false');
+    expect(out.info.amxPieces).toBe(out.info.amx ? 2 : 0);
+    // SPECULA_AMX=0 turns the AMX path of bf16 products off; SPECULA_AMX=3 makes it split
+    // activations into three pieces.
+    const amxWith = (value: string) => execFileSync(process.execPath, ['--input-type=module', '-e',
+      "const m = await import('specula'); const i = m.runtimeInfo(); console.log(i.amx, i.amxPieces)"],
+    { cwd: root, encoding: 'utf8', env: { ...process.env, SPECULA_AMX: value } }).trim();
+    expect(amxWith('0')).toBe('false 0');
+    expect(amxWith('3')).toBe(out.info.amx ? 'true 3' : 'false 0');
     for (const f of ['index.d.ts', 'sampling.d.ts', 'reference/index.d.ts', 'model/model.d.ts']) {
       expect(readFileSync(path.join(root, 'dist', f), 'utf8').length).toBeGreaterThan(0);
     }

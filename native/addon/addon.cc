@@ -1117,6 +1117,9 @@ Napi::Value AvailableCores(const Napi::CallbackInfo& info) {
 Napi::Value Simd(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), specula::simd::kernels().name); }
 
 Napi::Value Amx(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), specula::amx::enabled()); }
+Napi::Value AmxPieces(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), specula::amx::enabled() ? specula::amx::pieces() : 0);
+}
 
 Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -1144,6 +1147,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("simd", Napi::Function::New(env, Simd, "simd"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
   exports.Set("amx", Napi::Function::New(env, Amx, "amx"));
+  exports.Set("amxPieces", Napi::Function::New(env, AmxPieces, "amxPieces"));
   auto* data = env.GetInstanceData<AddonData>();
   Napi::Function model_class = NativeModel::Define(env);
   data->model_ctor = Napi::Persistent(model_class);

@@ -6,7 +6,9 @@
  * It exists to check the fast native implementation: it is slow and deliberately
  * naive (no KV cache, no batching, no fused kernels), and every step mirrors one line
  * of the Hugging Face model. The only float32 rounding it performs is the one Hugging
- * Face itself imposes on the RoPE inverse frequencies (kept as a float32 buffer).
+ * Face itself imposes on the RoPE inverse frequencies (kept as a float32 buffer), and,
+ * when asked (ReferenceOptions), the split of activations into two bf16 pieces that the
+ * native AMX path performs for bf16 weights.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,6 +20,21 @@ import { readSafetensors, type TensorInfo } from '../model/safetensors.js';
 export interface ReferenceModel {
   config: LlamaConfig;
   weights: Map<string, Float64Array>;
+  /** The stored dtype of each tensor ('F32', 'F16' or 'BF16'), keyed like weights. */
+  dtypes: Map<string, string>;
+}
+
+/** Options of referenceLogits. */
+export interface ReferenceOptions {
+  /**
+   * What the products with bf16 weights see of their activations. 'exact' (default): the
+   * float64 values. 'two-piece': what the native AMX path sees when it splits each
+   * activation into two bf16 pieces (runtimeInfo().amxPieces === 2): the value rounded to
+   * float32, x, becomes hi + lo with hi = x rounded to bf16 and lo = (x - hi) rounded to
+   * bf16 (to nearest, ties to even). As there, only for products whose input length is a
+   * multiple of 32.
+   */
+  bf16Activations?: 'exact' | 'two-piece';
 }
 
 // ---------------------------------------------------------------------------------
@@ -140,10 +157,13 @@ export function loadReferenceModel(dir: string): ReferenceModel {
 
   // Decode every tensor of a floating dtype we know (extra tensors are kept, harmlessly).
   const weights = new Map<string, Float64Array>();
+  const dtypes = new Map<string, string>();
   for (const [name, info] of header.tensors) {
-    if (SUPPORTED_DTYPES.has(info.dtype)) weights.set(name, decodeTensor(info, data));
+    if (!SUPPORTED_DTYPES.has(info.dtype)) continue;
+    weights.set(name, decodeTensor(info, data));
+    dtypes.set(name, info.dtype);
   }
-  return { config, weights };
+  return { config, weights, dtypes };
 }
 
 // ---------------------------------------------------------------------------------
@@ -170,6 +190,31 @@ function linear(x: Float64Array, W: Float64Array, b: Float64Array | null, outDim
   }
   return y;
 }
+
+/** x rounded to bf16 (8 significant bits), to nearest, ties to even (x finite). */
+function roundToBf16(x: number): number {
+  if (x === 0 || !Number.isFinite(x)) return x;
+  let e = Math.floor(Math.log2(Math.abs(x)));
+  // log2 may be off by one next to a power of two: settle 2^e <= |x| < 2^(e+1).
+  if (2 ** e > Math.abs(x)) e -= 1;
+  else if (2 ** (e + 1) <= Math.abs(x)) e += 1;
+  const ulp = 2 ** (e - 7);
+  const r = x / ulp; // exact: ulp is a power of two
+  const f = Math.floor(r), d = r - f;
+  const n = d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
+  return n * ulp;
+}
+
+/** x as two bf16 pieces see it: hi + lo, hi = bf16(float32(x)), lo = bf16(float32(x) - hi). */
+function twoPieces(x: number): number {
+  const f = Math.fround(x);
+  let hi = roundToBf16(f);
+  // Past the largest bf16 the native split truncates instead (its x - hi stays finite).
+  if (Math.abs(hi) > BF16_MAX) hi = Math.sign(f) * BF16_MAX;
+  return hi + roundToBf16(f - hi);
+}
+
+const BF16_MAX = (2 - 2 ** -7) * 2 ** 127;
 
 /** RMSNorm(x) = x / sqrt(mean(x^2) + eps) * weight. */
 function rmsNorm(x: Float64Array, w: Float64Array, eps: number): Float64Array {
@@ -243,7 +288,7 @@ function applyRope(x: Float64Array, numHeads: number, headDim: number, pos: numb
  * Logits of the full causal sequence `tokens` starting at position 0, as a row-major
  * [tokens.length, vocabSize] Float64Array (row t: the logits after reading tokens[0..t]).
  */
-export function referenceLogits(model: ReferenceModel, tokens: readonly number[]): Float64Array {
+export function referenceLogits(model: ReferenceModel, tokens: readonly number[], options: ReferenceOptions = {}): Float64Array {
   if (!Array.isArray(tokens)) throw new SpeculaError('E_ARG', 'tokens: expected an array of token ids');
   const c = model.config;
   const V = c.vocabSize;
@@ -265,6 +310,13 @@ export function referenceLogits(model: ReferenceModel, tokens: readonly number[]
   if (nH % nKv !== 0) throw new SpeculaError('E_SHAPE', `numHeads ${nH} is not a multiple of numKvHeads ${nKv}`);
   if (D % 2 !== 0) throw new SpeculaError('E_SHAPE', `headDim ${D} must be even for RoPE`);
   const groupSize = nH / nKv; // query heads per kv head (repeat_kv)
+  const mode = options.bf16Activations ?? 'exact';
+  if (mode !== 'exact' && mode !== 'two-piece') {
+    throw new SpeculaError('E_ARG', `options.bf16Activations: expected 'exact' or 'two-piece', received ${String(mode)}`);
+  }
+  // linear() with the named weight, its activations as the native product sees them.
+  const product = (x: Float64Array, name: string, W: Float64Array, b: Float64Array | null, outDim: number, inDim: number) =>
+    linear(mode === 'two-piece' && model.dtypes.get(name) === 'BF16' && inDim % 32 === 0 ? x.map(twoPieces) : x, W, b, outDim, inDim);
 
   // Embedding lookup: h[t] = embed_tokens[tokens[t]].
   const embed = weight(model, 'model.embed_tokens.weight', V * H);
@@ -295,9 +347,9 @@ export function referenceLogits(model: ReferenceModel, tokens: readonly number[]
     const v: Float64Array[] = [];
     for (let t = 0; t < T; t++) {
       const x = rmsNorm(hidden[t]!, inputNorm, eps);
-      const qt = linear(x, Wq, bq, qDim, H);
-      const kt = linear(x, Wk, bk, kvDim, H);
-      const vt = linear(x, Wv, bv, kvDim, H);
+      const qt = product(x, `${p}self_attn.q_proj.weight`, Wq, bq, qDim, H);
+      const kt = product(x, `${p}self_attn.k_proj.weight`, Wk, bk, kvDim, H);
+      const vt = product(x, `${p}self_attn.v_proj.weight`, Wv, bv, kvDim, H);
       applyRope(qt, nH, D, t, invFreq); // position of token t is t
       applyRope(kt, nKv, D, t, invFreq);
       q.push(qt);
@@ -333,7 +385,7 @@ export function referenceLogits(model: ReferenceModel, tokens: readonly number[]
           for (let d = 0; d < D; d++) attnOut[qOff + d] = attnOut[qOff + d]! + pj * v[j]![kvOff + d]!;
         }
       }
-      const o = linear(attnOut, Wo, bo, H, qDim);
+      const o = product(attnOut, `${p}self_attn.o_proj.weight`, Wo, bo, H, qDim);
       const h = new Float64Array(H);
       for (let i = 0; i < H; i++) h[i] = hidden[t]![i]! + o[i]!;
       afterAttn.push(h);
@@ -342,11 +394,11 @@ export function referenceLogits(model: ReferenceModel, tokens: readonly number[]
     // --- MLP block: h = h + down_proj(silu(gate_proj(a)) * up_proj(a)), a = post_attention_layernorm(h) ---
     hidden = afterAttn.map((h) => {
       const a = rmsNorm(h, postNorm, eps);
-      const gate = linear(a, Wgate, null, I, H);
-      const up = linear(a, Wup, null, I, H);
+      const gate = product(a, `${p}mlp.gate_proj.weight`, Wgate, null, I, H);
+      const up = product(a, `${p}mlp.up_proj.weight`, Wup, null, I, H);
       const act = new Float64Array(I);
       for (let i = 0; i < I; i++) act[i] = silu(gate[i]!) * up[i]!;
-      const down = linear(act, Wdown, null, H, I);
+      const down = product(act, `${p}mlp.down_proj.weight`, Wdown, null, H, I);
       const out = new Float64Array(H);
       for (let i = 0; i < H; i++) out[i] = h[i]! + down[i]!;
       return out;
@@ -355,11 +407,12 @@ export function referenceLogits(model: ReferenceModel, tokens: readonly number[]
 
   // Final norm and LM head (tied to the embedding when tieWordEmbeddings).
   const finalNorm = weight(model, 'model.norm.weight', H);
-  const lmHead = c.tieWordEmbeddings ? embed : weight(model, 'lm_head.weight', V * H);
+  const lmHeadName = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  const lmHead = weight(model, lmHeadName, V * H);
   const logits = new Float64Array(T * V);
   for (let t = 0; t < T; t++) {
     const x = rmsNorm(hidden[t]!, finalNorm, eps);
-    logits.set(linear(x, lmHead, null, V, H), t * V);
+    logits.set(product(x, lmHeadName, lmHead, null, V, H), t * V);
   }
   return logits;
 }
