@@ -21,7 +21,8 @@ export interface RuntimeInfo {
    * How many bf16 pieces each f32 activation is split into on AMX (0 when AMX is off).
    * 2 (the default): hi + lo, 16-17 significant bits, products within ~5e-7 of
    * sum |w x| (the SIMD kernels: ~4e-8). 3 (SPECULA_AMX=3): exact, as accurate as the SIMD
-   * kernels, ~1.4x slower for many rows. Fixed for the life of the process.
+   * kernels, with 1.5x the tile products (a bf16 verification of 8 x 5 tokens ~1.2x
+   * slower). Fixed for the life of the process.
    */
   amxPieces: 0 | 2 | 3;
 }
