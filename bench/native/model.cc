@@ -1,8 +1,10 @@
 // Model-runtime microbenchmark (no Node): a random ~100M-parameter Llama written to a
 // temporary file, then decode (1 x 1 token at context 512), verification (8 x 5 tokens),
 // and prefill (1 x 512) against ceilings measured in the same run: read bandwidth over a
-// buffer the size of the weights, and an FMA-peak loop.
-//   bench_model [--dtype f32|bf16|f16] [--threads N] [--quick]
+// buffer the size of the weights, and an FMA-peak loop. --ladder times instead the
+// engine's verification shape 1 x n, n = 1..12, against decoding (n = 1); --context N
+// (up to 1008) sets the context of all of them.
+//   bench_model [--dtype f32|bf16|f16] [--threads N] [--quick] [--ladder] [--context N]
 #include <unistd.h>
 
 #include <cmath>
@@ -105,6 +107,8 @@ int main(int argc, char** argv) {
   std::string dtype = "f32";
   int threads = 2;
   bool quick = false, prefill_only = false, verify_only = false, decode_only = false, verify1_only = false;  // --*-only: for profilers
+  bool ladder = false;  // --ladder: 1 x n passes for n = 1..12 against decoding, interleaved
+  size_t ctx = 512;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--dtype" && i + 1 < argc) dtype = argv[++i];
@@ -114,6 +118,8 @@ int main(int argc, char** argv) {
     else if (a == "--verify-only") verify_only = true;
     else if (a == "--decode-only") decode_only = true;
     else if (a == "--verify1-only") verify1_only = true;
+    else if (a == "--ladder") ladder = true;
+    else if (a == "--context" && i + 1 < argc) ctx = size_t(std::min(1008, std::max(1, std::atoi(argv[++i]))));
   }
   const WType wt = dtype == "bf16" ? WType::BF16 : dtype == "f16" ? WType::F16 : WType::F32;
   specula::ThreadPool::global().set_threads(threads);
@@ -168,7 +174,7 @@ int main(int argc, char** argv) {
   }
   std::printf("ceilings: read %.1f GB/s, FMA peak %.0f GFLOP/s\n", read_bw / 1e9, peak / 1e9);
 
-  const size_t ctx = 512, V = c.vocab;
+  const size_t V = c.vocab;
   std::vector<int32_t> prompt(ctx);
   for (size_t i = 0; i < ctx; ++i) prompt[i] = int32_t((i * 7919 + 13) % V);
   std::vector<float> logits(40 * V);
@@ -177,7 +183,7 @@ int main(int argc, char** argv) {
   double prefill_s = 1e9;
   {
     specula::KvCache cache(model, 1, ctx + 16);
-    for (int r = 0; r < (quick || decode_only || verify1_only ? 1 : prefill_only ? 10 : 3); ++r) {
+    for (int r = 0; r < (quick || decode_only || verify1_only || ladder ? 1 : prefill_only ? 10 : 3); ++r) {
       cache.reset();
       specula::ForwardItem it{0, prompt.data(), ctx, 1};
       const auto t0 = bench::Clock::now();
@@ -191,7 +197,7 @@ int main(int argc, char** argv) {
   const double prefill_flops = mm_flops * ctx - 2.0 * c.vocab * c.hidden * (ctx - 1) + attn_flops;
 
   if (prefill_only) {
-    std::printf("prefill  %8.1f ms (1 x 512)  %6.1f GFLOP/s  %.2f of FMA peak\n", prefill_s * 1e3,
+    std::printf("prefill  %8.1f ms (1 x %zu)  %6.1f GFLOP/s  %.2f of FMA peak\n", prefill_s * 1e3, ctx,
                 prefill_flops / prefill_s / 1e9, prefill_flops / prefill_s / peak);
     return 0;
   }
@@ -200,6 +206,28 @@ int main(int argc, char** argv) {
   for (size_t s = 0; s < (decode_only ? 1 : 8); ++s) {
     specula::ForwardItem it{s, prompt.data(), ctx, 0};
     cache.forward(&it, 1, logits.data());
+  }
+  if (ladder) {
+    // The engine's verification shape, 1 x n (all logits), at this context, against a
+    // decode step (n = 1), in interleaved rounds so that the machine's drift hits all alike.
+    constexpr size_t kMax = 12;
+    std::vector<double> t[kMax + 1];
+    std::vector<int32_t> toks(kMax);
+    for (size_t i = 0; i < kMax; ++i) toks[i] = int32_t((i * 104729) % V);
+    for (int r = 0; r < (quick ? 5 : 25); ++r) {
+      for (size_t n = 1; n <= kMax; ++n) {
+        specula::ForwardItem it{0, toks.data(), n, n};
+        const auto t0 = bench::Clock::now();
+        cache.forward(&it, 1, logits.data());
+        t[n].push_back(bench::seconds_since(t0));
+        cache.truncate(0, ctx);
+      }
+    }
+    const double d = bench::median(t[1]);
+    std::printf("ladder at context %zu: 1 x n tokens, median ms (x decode)\n", ctx);
+    for (size_t n = 1; n <= kMax; ++n)
+      std::printf("  n = %2zu  %6.2f ms  %.2f\n", n, bench::median(t[n]) * 1e3, bench::median(t[n]) / d);
+    return 0;
   }
   std::vector<double> dec;
   const int steps = verify_only || verify1_only ? 1 : decode_only ? 300 : quick ? 10 : 40;
@@ -250,7 +278,7 @@ int main(int argc, char** argv) {
   std::printf("verify   %8.2f ms (8 x 5 tokens)  %.2f x decode\n", verify_s * 1e3, verify_s / decode_s);
   std::printf("verify1  1 x 3 / 5 / 9 tokens: %.2f / %.2f / %.2f ms = %.2f / %.2f / %.2f x decode\n", one_s[0] * 1e3,
               one_s[1] * 1e3, one_s[2] * 1e3, one_s[0] / decode_s, one_s[1] / decode_s, one_s[2] / decode_s);
-  std::printf("prefill  %8.1f ms (1 x 512)  %6.1f GFLOP/s  %.2f of FMA peak\n", prefill_s * 1e3,
+  std::printf("prefill  %8.1f ms (1 x %zu)  %6.1f GFLOP/s  %.2f of FMA peak\n", prefill_s * 1e3, ctx,
               prefill_flops / prefill_s / 1e9, prefill_flops / prefill_s / peak);
   return 0;
 }
