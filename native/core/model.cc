@@ -360,7 +360,7 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
       pack_work += a.rows * a.k;
     }
   }
-  // Packing many rows (at least 8 x 768 values in all; ~30 us for 40 x 768) is shared by
+  // Packing many rows (at least 8 x 768 values in all; ~10 us for 40 x 768) is shared by
   // the threads, each taking a range of k blocks; a few rows (decoding) are packed here.
   auto pack = [&](size_t part, size_t parts) {
     for (const auto& [i, out] : to_pack) {
