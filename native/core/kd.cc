@@ -79,10 +79,18 @@ void phi_series(double b, float* out /* c_2..c_12 */) {
 // Tokens above this probability get double-precision exponentials in pass 2 (simd.h).
 constexpr float kPrecise = 1e-3f;
 
+// The part of a core's L2 that a row's data may assume (of 2 MiB here: 1 MiB read twice
+// stays ~75% resident, 2 MiB ~35%).
+constexpr size_t kL2Budget = size_t(3) << 19;
+
 // What pass 1 found for fkl (the teacher-weighted sums) or rkl (the student-weighted).
 struct Pass1Sums {
   double wr = 0;  // sum w r with w = p (fkl) or q (rkl)
   double wa = 0;  // the scale of its float error: sum w (|u| + |cf|) / T over the float sums
+  // Each chunk's shifts (the workspace's, valid until the next pass1 on this thread) and
+  // the exponentials' scale: a gradient sweep recomputes unstored exponentials from them.
+  const double *st = nullptr, *ss = nullptr;
+  float s = 0;
 };
 
 // Pass 1: one sweep over both rows (simd.h KdPass1) fills P and Q as build_distribution
@@ -196,6 +204,9 @@ Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, 
     }
   }
   Pass1Sums out;
+  out.st = sht;
+  out.ss = shs;
+  out.s = s;
   const double kappa = std::log(P.total) - std::log(Q.total);  // for shifts at the row maxima
   const Distribution& W = weight == simd::KdWeight::Teacher ? P : Q;
   for (size_t c = 0; c < chunks; ++c) {
@@ -223,7 +234,14 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   const simd::KdWeight weight = a.divergence == Divergence::FKL ? simd::KdWeight::Teacher : simd::KdWeight::Student;
   Pass1Sums r1;
   if (plain) {
-    r1 = pass1(a, row, weight, g != nullptr, P, Q);
+    // With the gradient, pass 1 stores the exponentials for the gradient sweep. rkl's
+    // sweep recomputes them from the logits instead (simd.h KdChunk) where this row's
+    // logits and exponentials (16 bytes per token) would not fit kL2Budget: half the bytes
+    // to read back, for two exponentials per token that its light arithmetic (q r) has
+    // room for (rkl with the gradient: 256 x 128256 27.2 -> 25.4-25.9 ms, 4096 x 128256
+    // 420 -> 386-407). fkl's sweep already takes one per token (q - p) and measured slower.
+    const bool recompute = g != nullptr && a.divergence == Divergence::RKL && 16 * V > kL2Budget;
+    r1 = pass1(a, row, weight, g != nullptr && !recompute, P, Q);
   } else {
     Workspace& ws = workspace();
     const SamplingParams sp{T, 0, 1.0, 0.0};
@@ -251,15 +269,20 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
   auto chunk = [&](size_t c, double kk, double ps = 1, double qs = 1) {
     const size_t off = c * kChunk;
     const double a = P.scale[c] / P.total / ps, b = Q.scale[c] / Q.total / qs;
-    simd::KdChunk ch{zt + off, zs + off, P.e + off, Q.e + off, std::min(kChunk, V - off), float(a), float(b), a, b,
-                     inv_t, (mt - ms) * inv_t + kk, kk, mt, lp0, ms, lq0, kPrecise};
+    simd::KdChunk ch{zt + off, zs + off, P.e ? P.e + off : nullptr, Q.e ? Q.e + off : nullptr, std::min(kChunk, V - off),
+                     float(a), float(b), a, b, inv_t, (mt - ms) * inv_t + kk, kk, mt, lp0, ms, lq0, kPrecise};
     ch.stream = a_big_gradient;
+    if (P.e == nullptr) {  // pass1 did not store them (the gradient sweeps only)
+      ch.st = float(r1.st[c]);
+      ch.ss = float(r1.ss[c]);
+      ch.s = r1.s;
+    }
     return ch;
   };
   // The first sweep of pass 2 also prefetches the next row, where this row's logits and
-  // exponentials and the next row's logits (24 bytes per token) fit a core's L2 (1.5 MiB
-  // of it assumed); larger rows would evict their own data (V = 128256 measured slower).
-  constexpr size_t kL2Budget = size_t(3) << 19;
+  // exponentials and the next row's logits (24 bytes per token) fit kL2Budget; larger
+  // rows would evict their own data (V = 128256 measured slower; prefetching the first
+  // half of such a row beside one whose exponentials are recomputed measured the same).
   auto first = [&](size_t c, double kk) {
     simd::KdChunk ch = chunk(c, kk);
     if (next < a.rows && 24 * V <= kL2Budget) {

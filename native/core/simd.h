@@ -48,6 +48,10 @@ struct KdChunk {
   const float* next_zs = nullptr;
   // The gradient kernels write with non-temporal stores (a gradient larger than the caches).
   bool stream = false;
+  // et == es == nullptr (the gradient kernels only): they recompute the exponentials as
+  // KdPass1 made them, et = exp((zt - st) s) and es = exp((zs - ss) s), the same bits,
+  // from the logits alone: half the bytes that would be read back (kd.cc).
+  float st = 0, ss = 0, s = 0;
 };
 
 // Which exponentials weight kd_pass1's sums of u: the teacher's (fkl: sum p r) or the
