@@ -74,6 +74,19 @@ double naive_row(const float* zt, const float* zs, size_t V, Divergence div, dou
   return L;
 }
 
+specula::KdArgs kd_args(const std::vector<float>& zt, const std::vector<float>& zs, size_t R, size_t V, Divergence div,
+                        double T, double beta = 0.5) {
+  specula::KdArgs a;
+  a.teacher = zt.data();
+  a.student = zs.data();
+  a.rows = R;
+  a.vocab = V;
+  a.divergence = div;
+  a.temperature = T;
+  a.beta = beta;
+  return a;
+}
+
 // One row's gradient (the kernel's, of the mean over R rows) against the reference's g / R,
 // on the entries above 1e-6: raises *worst to its worst relative error; returns the first
 // entry off by more than 1e-4 ("" if none).
@@ -114,14 +127,7 @@ TEST_CASE(kd_matches_double_reference) {
               zs[r * V + x] = r < 2 ? zt[r * V + x] + 0.1f * n01(gen) : r < 4 ? zt[r * V + x] + n01(gen) : scale * n01(gen);
             }
           }
-          specula::KdArgs a;
-          a.teacher = zt.data();
-          a.student = zs.data();
-          a.rows = R;
-          a.vocab = V;
-          a.divergence = div;
-          a.temperature = T;
-          a.beta = beta;
+          const specula::KdArgs a = kd_args(zt, zs, R, V, div, T, beta);
           std::vector<float> per_row(R), grad(R * V);
           const double loss = specula::kd_loss(a, per_row.data(), grad.data());
           double mean = 0;
@@ -162,13 +168,7 @@ TEST_CASE(kd_long_rows_gradient) {
   double worst = 0;
   for (Divergence div : {Divergence::RKL, Divergence::FKL}) {
     for (double T : {0.5, 1.0, 2.0}) {
-      specula::KdArgs a;
-      a.teacher = zt.data();
-      a.student = zs.data();
-      a.rows = R;
-      a.vocab = V;
-      a.divergence = div;
-      a.temperature = T;
+      const specula::KdArgs a = kd_args(zt, zs, R, V, div, T);
       std::vector<float> per_row(R), grad(R * V);
       specula::kd_loss(a, per_row.data(), grad.data());
       for (size_t r = 0; r < R; ++r) {
@@ -196,13 +196,7 @@ TEST_CASE(acceptance_rate_is_one_minus_tvd_without_filters) {
     specula::SamplingParams sp{T, 0, 1, 0};
     std::vector<float> acc(R), per_row(R);
     specula::acceptance_rate(zt.data(), zd.data(), R, V, specula::ParamsView{&sp, 1}, specula::ParamsView{&sp, 1}, acc.data());
-    specula::KdArgs a;
-    a.teacher = zt.data();
-    a.student = zd.data();
-    a.rows = R;
-    a.vocab = V;
-    a.divergence = Divergence::TVD;
-    a.temperature = T;
+    const specula::KdArgs a = kd_args(zt, zd, R, V, Divergence::TVD, T);
     specula::kd_loss(a, per_row.data(), nullptr);
     for (size_t r = 0; r < R; ++r) CHECK_NEAR(acc[r], 1.0 - per_row[r], 0, 2e-6);
   }
