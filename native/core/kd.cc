@@ -220,7 +220,8 @@ Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, 
 }
 
 // One row: returns its divergence; writes its gradient times `gscale` if g != nullptr.
-// `next` is the row this thread does after this one (or a.rows: none), prefetched.
+// `next` is the row this thread does after this one (or a.rows: none), prefetched by
+// tvd's and jsd's pass 2 (`first`).
 double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g) {
   const size_t V = a.vocab;
   const double T = a.temperature, beta = a.beta;
