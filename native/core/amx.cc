@@ -258,15 +258,15 @@ void matmul(const simd::MatmulArgs& a, const uint16_t* packed, size_t n0, size_t
   configure();
   const size_t P = size_t(pieces()), K = a.k, kb = K / 32, M = a.rows, cb = col_blocks(M, P);
   // Groups of up to 6 column blocks (the accumulator tiles): 96 columns, the pieces of 48
-  // rows (two pieces) or 32 (three), so that every group holds whole rows. Groups go outside the weight rows: the
-  // block's weights (n1 - n0 <= 128 rows) and a group's activations stay in L2 while the
-  // other groups reuse them.
+  // rows (two pieces) or 32 (three), so that every group holds whole rows. Groups go
+  // outside the weight rows: the block's weights (n1 - n0 <= 128 rows) and a group's
+  // activations stay in L2 while the other groups reuse them.
   constexpr size_t kGroup = 6;
   const size_t group_rows = kGroup * 16 / P;
   thread_local std::vector<uint16_t> tail;  // a last block of fewer than 16 weight rows, zero-padded
   // 16 weight rows x the group's columns. epilogue16 reads past a group's stored columns
-  // (to column P (group_rows - 16) + 16 P - 1 = 95 at most: never past a row) values of earlier calls or the first zeros, which
-  // it never stores.
+  // (to column P (group_rows - 16) + 16 P - 1 = 95 at most: never past a row) values of
+  // earlier calls or the first zeros, which it never stores.
   alignas(64) thread_local float acc[2][16 * kGroup * 16] = {};
   constexpr size_t lda = kGroup * 16;
   // A product of more than one column block takes long enough per weight tile to stall on
