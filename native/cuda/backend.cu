@@ -162,13 +162,19 @@ struct Dist {
   int cut_index;
   double min_w;
   double total;
-  __device__ double w(int x, float z) const {
-    if (greedy) return x == argmax ? 1.0 : 0.0;
+  // The weight in float, as the CPU computes it (a float exp of a float exponent; the
+  // sums over weights are double). A double exp here cost ~5x the kernels' time on
+  // an H200 (measured), where the CPU's float weights make it no more exact.
+  __device__ float wf(int x, float z) const {
+    if (greedy) return x == argmax ? 1.0f : 0.0f;
     const uint32_t k = order_key(z);
-    if (k < cut_key || (k == cut_key && x > cut_index)) return 0.0;
-    const double v = exp((double(z) - double(zmax)) * inv_t);
-    return v >= min_w ? v : 0.0;
+    if (k < cut_key || (k == cut_key && x > cut_index)) return 0.0f;
+    const float v = weight_of(z);
+    return double(v) >= min_w ? v : 0.0f;
   }
+  __device__ double w(int x, float z) const { return wf(x, z); }
+  // exp((z - zmax) / T) without the filters.
+  __device__ float weight_of(float z) const { return expf((z - zmax) * float(inv_t)); }
 };
 
 // The index of the r-th (1-based) token with order key `key` among those kept by
@@ -360,7 +366,7 @@ __device__ void build_dist(const float* z, int V, const RowParams& p, Dist& d, S
       const uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
       return __uint_as_float(u);
     }();
-    const double wk = exp((double(zk) - double(sd.zmax)) * sd.inv_t);
+    const double wk = sd.weight_of(zk);
     double need = (target - before_sh) / wk;
     int r = need <= 1 ? 1 : int(ceil(need));
     int count = 0;
@@ -497,13 +503,36 @@ __global__ void k_probabilities(const float* logits, int V, const RowParams* par
   Dist d;
   if (!row_dist(z, V, params[nparams == 1 ? 0 : r], size_t(r) * V, d, sh, bad)) return;
   float* o = out + size_t(r) * V;
-  for (int x = threadIdx.x; x < V; x += kThreads) o[x] = float(d.w(x, z[x]) / d.total);
+  const float scale = float(1.0 / d.total);
+  for (int x = threadIdx.x; x < V; x += kThreads) o[x] = d.wf(x, z[x]) * scale;
 }
 
-// sum_x min(p(x), q(x)) of two rows' distributions.
-__device__ double overlap(const float* zp, const float* zq, int V, const Dist& P, const Dist& Q, Shared& sh) {
-  double s = 0;
-  for (int x = threadIdx.x; x < V; x += kThreads) s += fmin(P.w(x, zp[x]) / P.total, Q.w(x, zq[x]) / Q.total);
+// p(x) and q(x) in float, as the CPU's min_sum and resid_sum kernels take them.
+struct PairScale {
+  float a, b;  // 1 / P.total, 1 / Q.total
+  __device__ PairScale(const Dist& P, const Dist& Q) : a(float(1.0 / P.total)), b(float(1.0 / Q.total)) {}
+};
+
+// sum_x min(p(x), q(x)) of two rows' distributions and, where `resid` is given, the
+// residual mass sum_x max(p(x) - q(x), 0), in one pass over both rows.
+__device__ double overlap(const float* zp, const float* zq, int V, const Dist& P, const Dist& Q, Shared& sh,
+                          double* resid = nullptr) {
+  const PairScale k(P, Q);
+  const bool al = is_aligned(zp) && is_aligned(zq);
+  double s = 0, r = 0;
+  for (int base = 0; base < V; base += kTile) {
+    const int x0 = base + 4 * threadIdx.x;
+    const Four fp = load4(zp, V, x0, al), fq = load4(zq, V, x0, al);
+    float sm = 0, sr = 0;
+    for (int j = 0; j < fp.n; ++j) {
+      const float p = P.wf(x0 + j, fp.v[j]) * k.a, q = Q.wf(x0 + j, fq.v[j]) * k.b;
+      sm += fminf(p, q);
+      sr += fmaxf(p - q, 0.0f);
+    }
+    s += sm;
+    r += sr;
+  }
+  if (resid) *resid = block_sum(r, sh);
   return block_sum(s, sh);
 }
 
@@ -538,7 +567,8 @@ __global__ void k_verify(const float* target, const float* draft, const int32_t*
   const int x = tokens[b * G + i];
   const double px = P.w(x, zt[x]) / P.total, qx = Q.w(x, zd[x]) / Q.total;
   const double ratio = qx > 0 ? fmin(1.0, px / qx) : (px > 0 ? 1.0 : 0.0);
-  const double ov = overlap(zt, zd, V, P, Q, sh);
+  double rs;
+  const double ov = overlap(zt, zd, V, P, Q, sh, &rs);
   const bool ok = uniform(seed, pos, rng::kAccept) < ratio;
   if (threadIdx.x == 0) {
     accept_prob[b * G + i] = float(ratio);
@@ -546,13 +576,8 @@ __global__ void k_verify(const float* target, const float* draft, const int32_t*
     accept[b * (G + 1) + i] = ok;
   }
   if (ok) return;
-  auto resid = [&](int y, float v) {
-    const double r = P.w(y, v) / P.total - Q.w(y, zd[y]) / Q.total;
-    return r > 0 ? r : 0.0;
-  };
-  double rs = 0;
-  for (int y = threadIdx.x; y < V; y += kThreads) rs += resid(y, zt[y]);
-  rs = block_sum(rs, sh);
+  const PairScale k(P, Q);
+  auto resid = [&](int y, float v) { return double(fmaxf(P.wf(y, v) * k.a - Q.wf(y, zd[y]) * k.b, 0.0f)); };
   int c;
   if (rs > kResidualFloor) {
     c = inverse_cdf(zt, V, u_emit * rs, resid, sh);
@@ -658,10 +683,14 @@ __global__ void k_kd(const float* teacher, const float* student, int V, int dive
     mt = fmaxf(mt, wmt[i]);
     ms = fmaxf(ms, wms[i]);
   }
+  // The normalisers from float exponentials summed in double: an error e in a log-sum
+  // cancels from the divergence to first order (the Bregman terms sum to KL + O(e KL)),
+  // and a double exp per token here cost as much as the rest of the pass.
   double st = 0, ss = 0;
+  const float inv_tf = float(inv_t), mtf = mt, msf = ms;
   for (int x = threadIdx.x; x < V; x += kThreads) {
-    st += exp((double(zt[x]) - mt) * inv_t);
-    ss += exp((double(zs[x]) - ms) * inv_t);
+    st += expf((zt[x] - mtf) * inv_tf);
+    ss += expf((zs[x] - msf) * inv_tf);
   }
   const double lst = log(block_sum(st, sh)), lss = log(block_sum(ss, sh));
   // Per token: log p, log q, r = log q - log p from the logits' exact offsets.

@@ -1,6 +1,7 @@
 // The CUDA backend against the CPU kernels (backend.h). Runs on a machine with a CUDA
 // device (the GPU machine: ctest in a -DSPECULA_CUDA=ON build); elsewhere it reports why
 // the backend is unavailable and exits 77, which CTest counts as skipped.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -36,6 +37,30 @@ bool near_boundary(const float* p, size_t V, int32_t a, int32_t b, double u) {
   double F = 0;
   for (int32_t x = 0; x <= lo; ++x) F += p[x];
   return std::fabs(F - u) <= 1e-6 * std::fmax(u, 1e-12) + 1e-9;
+}
+
+// How close (relative) the row's nearest filter decision lies to its boundary: a prefix
+// of the sampling order whose mass is top_p of the mass left by top-k, or a weight equal
+// to min_p (relative to the argmax's). The CPU's and the GPU's float weights differ in
+// rounding, so a decision that close may go either way. Infinity without such filters.
+double filter_margin(const float* z, size_t V, const SamplingParams& sp) {
+  if (sp.temperature == 0 || (sp.top_p >= 1 && sp.min_p <= 0)) return INFINITY;
+  std::vector<int32_t> order(V);
+  for (size_t x = 0; x < V; ++x) order[x] = int32_t(x);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+  const size_t n = sp.top_k >= 1 && size_t(sp.top_k) < V ? size_t(sp.top_k) : V;
+  std::vector<double> w(n);
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += w[i] = std::exp((double(z[order[i]]) - z[order[0]]) / sp.temperature);
+  double margin = INFINITY;
+  if (sp.min_p > 0)
+    for (size_t i = 0; i < n; ++i) margin = std::fmin(margin, std::fabs(w[i] - sp.min_p) / sp.min_p);
+  if (sp.top_p < 1) {
+    const double target = sp.top_p * total;
+    double cum = 0;
+    for (size_t i = 0; i < n; ++i) margin = std::fmin(margin, std::fabs((cum += w[i]) - target) / target);
+  }
+  return margin;
 }
 
 TEST_CASE(cuda_sample_and_probabilities_match_the_cpu) {
@@ -187,12 +212,26 @@ TEST_CASE(cuda_acceptance_rate_and_kd_match_the_cpu) {
   const std::vector<float> zt = random_logits(R * V, 11, 3.0f);
   std::vector<float> zs = random_logits(R * V, 12, 0.5f);
   for (size_t i = 0; i < R * V; ++i) zs[i] += zt[i];
+  // A row whose filters keep different sets on the two devices (a decision within 1e-5
+  // relative of its boundary, filter_margin) differs by the mass of the tokens in
+  // question; such rows must stay rare (<= 1%), every other row agrees to 1e-5.
+  size_t differ = 0, compared = 0;
   for (const SamplingParams& sp : param_sets()) {
     std::vector<float> c(R), g(R);
     acceptance_rate(zt.data(), zs.data(), R, V, ParamsView{&sp, 1}, ParamsView{&sp, 1}, c.data());
     acceptance_rate(zt.data(), zs.data(), R, V, ParamsView{&sp, 1}, ParamsView{&sp, 1}, g.data(), Device::Cuda);
-    for (size_t r = 0; r < R; ++r) CHECK_NEAR(c[r], g[r], 1e-5, 1e-6);
+    for (size_t r = 0; r < R; ++r, ++compared) {
+      if (std::fabs(double(c[r]) - g[r]) <= 1e-5 * std::fabs(c[r]) + 1e-6) continue;
+      ++differ;
+      const double margin =
+          std::fmin(filter_margin(zt.data() + r * V, V, sp), filter_margin(zs.data() + r * V, V, sp));
+      std::printf("  acceptance rate of row %zu (T %g, top-k %lld, top-p %g, min-p %g): cpu %.7f, cuda %.7f, "
+                  "nearest filter decision %.2e relative from its boundary\n",
+                  r, sp.temperature, (long long)sp.top_k, sp.top_p, sp.min_p, c[r], g[r], margin);
+      CHECK_MSG(margin <= 1e-5, "the acceptance rates differ away from a filter boundary");
+    }
   }
+  CHECK_MSG(differ * 100 <= compared, std::to_string(differ) + " of " + std::to_string(compared) + " rows differ");
   std::vector<uint8_t> mask(R, 1);
   mask[3] = 0;
   for (int d = 0; d < 4; ++d)
