@@ -37,6 +37,15 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = kThreads * 4;
+// Blocks per SM the row kernels are compiled for. Sampling, verify and acceptance at 2
+// (registers capped at 64 a thread: a few bytes of spills, twice the warps to cover
+// memory latency) ran 1.2-1.5x faster on the H200 than at 1; KD's double-precision
+// per-token arithmetic, 1.25x slower, so it keeps all the registers it wants.
+#ifndef SPECULA_CUDA_MIN_BLOCKS
+#define SPECULA_CUDA_MIN_BLOCKS 2
+#endif
+constexpr int kMinBlocks = SPECULA_CUDA_MIN_BLOCKS;
+constexpr int kKdMinBlocks = 1;
 constexpr double kResidualFloor = 1e-12;  // sampling.cc
 
 void check(cudaError_t e, const char* what) {
@@ -136,6 +145,33 @@ __device__ Four load4(const float* z, int V, int x, bool aligned) {
 
 __device__ bool is_aligned(const float* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// f(x0, four) over the thread's tiles of row z in order, each tile's load issued before
+// f runs on the one before it: two loads in flight per thread, which an H200 needs to
+// cover memory latency at 1-2 blocks of kThreads per SM.
+template <class F>
+__device__ void for_tiles(const float* z, int V, bool al, F f) {
+  int x0 = 4 * threadIdx.x;
+  Four cur = load4(z, V, x0, al);
+  for (int base = 0; base < V; base += kTile, x0 += kTile) {
+    const Four next = load4(z, V, x0 + kTile, al);  // n = 0 past the row: no load
+    f(x0, cur);
+    cur = next;
+  }
+}
+
+// The same over two rows of one length at once: f(x0, four of a, four of b).
+template <class F>
+__device__ void for_tiles2(const float* a, const float* b, int V, bool al, F f) {
+  int x0 = 4 * threadIdx.x;
+  Four ca = load4(a, V, x0, al), cb = load4(b, V, x0, al);
+  for (int base = 0; base < V; base += kTile, x0 += kTile) {
+    const Four na = load4(a, V, x0 + kTile, al), nb = load4(b, V, x0 + kTile, al);
+    f(x0, ca, cb);
+    ca = na;
+    cb = nb;
+  }
+}
+
 // Order key: larger logit -> larger key; -0 and +0 are one logit (they compare equal).
 __device__ uint32_t order_key(float z) {
   const uint32_t u = __float_as_uint(z + 0.0f);
@@ -214,21 +250,36 @@ __device__ void build_dist(const float* z, int V, const RowParams& p, Dist& d, S
   __shared__ int rank_sh;
   __shared__ double before_sh;
   const bool al = is_aligned(z);
-  // Maximum, its first index, and the first non-finite token.
+  // Maximum, its first index, the first non-finite token and, in the same pass, the
+  // thread's sum of exp((z - m) / T) at its running maximum m (online softmax), which
+  // is the total where no filter applies: one pass over the row fewer.
+  const bool greedy = p.temperature == 0;
+  const float itf = greedy ? 1.0f : float(fmin(1.0 / p.temperature, double(FLT_MAX)));
   float m = -INFINITY;
   int mi = INT_MAX, bad = INT_MAX;
-  for (int base = 0; base < V; base += kTile) {
-    const int x0 = base + 4 * threadIdx.x;
-    const Four f = load4(z, V, x0, al);
+  double ws = 0;
+  for_tiles(z, V, al, [&](int x0, const Four& f) {
+    float fs = 0;  // this tile's four, at m
     for (int j = 0; j < f.n; ++j) {
       const float v = f.v[j];
-      if (!isfinite(v)) bad = min(bad, x0 + j);
-      else if (v > m) {
+      if (!isfinite(v)) {
+        bad = min(bad, x0 + j);
+        continue;
+      }
+      if (v > m) {
+        if (!greedy && m != -INFINITY) {
+          const float rescale = expf((m - v) * itf);
+          ws *= rescale;
+          fs *= rescale;
+        }
         m = v;
         mi = x0 + j;
       }
+      if (!greedy) fs += expf((v - m) * itf);
     }
-  }
+    ws += fs;
+  });
+  const float thread_max = m;
   // Block max of (m, -index).
   for (int o = 16; o > 0; o >>= 1) {
     const float om = __shfl_down_sync(0xffffffffu, m, o);
@@ -260,8 +311,8 @@ __device__ void build_dist(const float* z, int V, const RowParams& p, Dist& d, S
   bad = block_min_int(bad, sh);
   if (threadIdx.x == 0) {
     sd.bad = bad;
-    sd.greedy = p.temperature == 0;
-    sd.inv_t = sd.greedy ? 1.0 : double(float(fmin(1.0 / p.temperature, double(FLT_MAX))));
+    sd.greedy = greedy;
+    sd.inv_t = itf;
     sd.cut_key = 0;
     sd.cut_index = V - 1;
     sd.min_w = 0;
@@ -385,6 +436,15 @@ __device__ void build_dist(const float* z, int V, const RowParams& p, Dist& d, S
     }
     __syncthreads();
   }
+  if (!top_k && !top_p && p.min_p <= 0) {
+    // No filter: the online sums, each moved to the row's maximum.
+    const double t = block_sum(thread_max == -INFINITY ? 0.0 : ws * double(sd.weight_of(thread_max)), sh);
+    if (threadIdx.x == 0) sd.total = t;
+    __syncthreads();
+    d = sd;
+    __syncthreads();
+    return;
+  }
   if (p.min_p > 0 && threadIdx.x == 0) sd.min_w = p.min_p;
   __syncthreads();
   Dist cur = sd;
@@ -479,7 +539,7 @@ __device__ bool row_dist(const float* z, int V, const RowParams& p, size_t first
   return false;
 }
 
-__global__ void k_sample(const float* logits, int V, const RowParams* params, int nparams, const uint64_t* seeds,
+__global__ void __launch_bounds__(kThreads, kMinBlocks) k_sample(const float* logits, int V, const RowParams* params, int nparams, const uint64_t* seeds,
                          const uint64_t* offsets, int32_t* out, long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
@@ -495,7 +555,7 @@ __global__ void k_sample(const float* logits, int V, const RowParams* params, in
   if (threadIdx.x == 0) out[r] = x >= 0 ? x : d.argmax;
 }
 
-__global__ void k_probabilities(const float* logits, int V, const RowParams* params, int nparams, float* out,
+__global__ void __launch_bounds__(kThreads, kMinBlocks) k_probabilities(const float* logits, int V, const RowParams* params, int nparams, float* out,
                                 long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
@@ -520,9 +580,7 @@ __device__ double overlap(const float* zp, const float* zq, int V, const Dist& P
   const PairScale k(P, Q);
   const bool al = is_aligned(zp) && is_aligned(zq);
   double s = 0, r = 0;
-  for (int base = 0; base < V; base += kTile) {
-    const int x0 = base + 4 * threadIdx.x;
-    const Four fp = load4(zp, V, x0, al), fq = load4(zq, V, x0, al);
+  for_tiles2(zp, zq, V, al, [&](int x0, const Four& fp, const Four& fq) {
     float sm = 0, sr = 0;
     for (int j = 0; j < fp.n; ++j) {
       const float p = P.wf(x0 + j, fp.v[j]) * k.a, q = Q.wf(x0 + j, fq.v[j]) * k.b;
@@ -531,14 +589,14 @@ __device__ double overlap(const float* zp, const float* zq, int V, const Dist& P
     }
     s += sm;
     r += sr;
-  }
+  });
   if (resid) *resid = block_sum(r, sh);
   return block_sum(s, sh);
 }
 
 // One block per (b, i), i = 0..G: the acceptance of drafted token i (i < L) and its
 // residual token if rejected, or the bonus token at i = L.
-__global__ void k_verify(const float* target, const float* draft, const int32_t* tokens, const int32_t* lengths, int G,
+__global__ void __launch_bounds__(kThreads, kMinBlocks) k_verify(const float* target, const float* draft, const int32_t* tokens, const int32_t* lengths, int G,
                          int V, const RowParams* tp, int ntp, const RowParams* dp, int ndp, const uint64_t* seeds,
                          const uint64_t* offsets, uint8_t* accept, int32_t* candidate, float* accept_prob,
                          float* expected, long long* bad) {
@@ -605,7 +663,7 @@ __global__ void k_verify_finish(const int32_t* dtokens, const int32_t* lengths, 
   for (int i = L; i < G; ++i) accept_prob[b * G + i] = expected[b * G + i] = __int_as_float(0x7fc00000);
 }
 
-__global__ void k_acceptance(const float* target, const float* draft, int V, const RowParams* tp, int ntp,
+__global__ void __launch_bounds__(kThreads, kMinBlocks) k_acceptance(const float* target, const float* draft, int V, const RowParams* tp, int ntp,
                              const RowParams* dp, int ndp, float* out, long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
@@ -633,7 +691,7 @@ __device__ double a_minus_log1p(double a) {
   return a - log1p(a);
 }
 
-__global__ void k_kd(const float* teacher, const float* student, int V, int divergence, double T, double beta,
+__global__ void __launch_bounds__(kThreads, kKdMinBlocks) k_kd(const float* teacher, const float* student, int V, int divergence, double T, double beta,
                      const uint8_t* mask, double t2, double gscale, double* per_row, float* grad, long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
@@ -647,16 +705,39 @@ __global__ void k_kd(const float* teacher, const float* student, int V, int dive
     return;
   }
   const double inv_t = 1.0 / T;
-  // Maxima and non-finite tokens.
+  // One pass: maxima, non-finite tokens and, at each thread's running maxima, its sums
+  // of float exponentials (online softmax), accumulated in double. An error e in a
+  // log-sum cancels from the divergence to first order (the Bregman terms sum to
+  // KL + O(e KL)); double exps here cost as much as the rest of the kernel.
+  const bool al = is_aligned(zt) && is_aligned(zs);
+  const float inv_tf = float(inv_t);
   float mt = -INFINITY, ms = -INFINITY;
   int bt = INT_MAX, bs = INT_MAX;
-  for (int x = threadIdx.x; x < V; x += kThreads) {
-    const float a = zt[x], b = zs[x];
-    if (!isfinite(a)) bt = min(bt, x);
-    else mt = fmaxf(mt, a);
-    if (!isfinite(b)) bs = min(bs, x);
-    else ms = fmaxf(ms, b);
-  }
+  double st = 0, ss = 0;
+  auto online = [&](float v, int x, float& m, int& b, double& s, float& fs) {
+    if (!isfinite(v)) {
+      b = min(b, x);
+      return;
+    }
+    if (v > m) {
+      if (m != -INFINITY) {
+        const float rescale = expf((m - v) * inv_tf);
+        s *= rescale;
+        fs *= rescale;
+      }
+      m = v;
+    }
+    fs += expf((v - m) * inv_tf);
+  };
+  for_tiles2(zt, zs, V, al, [&](int x0, const Four& ft, const Four& fs4) {
+    float a = 0, b = 0;
+    for (int j = 0; j < ft.n; ++j) {
+      online(ft.v[j], x0 + j, mt, bt, st, a);
+      online(fs4.v[j], x0 + j, ms, bs, ss, b);
+    }
+    st += a;
+    ss += b;
+  });
   bt = block_min_int(bt, sh);
   bs = block_min_int(bs, sh);
   if (bt != INT_MAX || bs != INT_MAX) {
@@ -666,6 +747,7 @@ __global__ void k_kd(const float* teacher, const float* student, int V, int dive
     }
     return;
   }
+  const float tmt = mt, tms = ms;  // this thread's maxima
   for (int o = 16; o > 0; o >>= 1) {
     mt = fmaxf(mt, __shfl_down_sync(0xffffffffu, mt, o));
     ms = fmaxf(ms, __shfl_down_sync(0xffffffffu, ms, o));
@@ -683,73 +765,71 @@ __global__ void k_kd(const float* teacher, const float* student, int V, int dive
     mt = fmaxf(mt, wmt[i]);
     ms = fmaxf(ms, wms[i]);
   }
-  // The normalisers from float exponentials summed in double: an error e in a log-sum
-  // cancels from the divergence to first order (the Bregman terms sum to KL + O(e KL)),
-  // and a double exp per token here cost as much as the rest of the pass.
-  double st = 0, ss = 0;
-  const float inv_tf = float(inv_t), mtf = mt, msf = ms;
-  for (int x = threadIdx.x; x < V; x += kThreads) {
-    st += expf((zt[x] - mtf) * inv_tf);
-    ss += expf((zs[x] - msf) * inv_tf);
-  }
+  st = tmt == -INFINITY ? 0.0 : st * double(expf((tmt - mt) * inv_tf));
+  ss = tms == -INFINITY ? 0.0 : ss * double(expf((tms - ms) * inv_tf));
   const double lst = log(block_sum(st, sh)), lss = log(block_sum(ss, sh));
   // Per token: log p, log q, r = log q - log p from the logits' exact offsets.
-  auto token = [&](int x, double* p, double* q, double* rr) {
-    const double dt = (double(zt[x]) - mt) * inv_t, ds = (double(zs[x]) - ms) * inv_t;
+  auto token = [&](float a, float b, double* p, double* q, double* rr) {
+    const double dt = (double(a) - mt) * inv_t, ds = (double(b) - ms) * inv_t;
     const double lp = dt - lst, lq = ds - lss;
     *p = exp(lp);
     *q = exp(lq);
     *rr = (ds - dt) + (lst - lss);
   };
   double s0 = 0, s1 = 0;  // the divergence, and the gradient's row constant
-  for (int x = threadIdx.x; x < V; x += kThreads) {
-    double p, q, rr;
-    token(x, &p, &q, &rr);
-    switch (divergence) {
-      case 0: s0 += bregman_term(p, q, rr); break;
-      case 1:
-        s0 += bregman_term(q, p, -rr);
-        s1 += q * rr;
-        break;
-      case 2: {
-        // beta KL(p||m) + (1 - beta) KL(q||m) in Bregman form; h = log(q/m).
-        const double a = rr > 30 ? INFINITY : (1 - beta) * expm1(rr);    // m/p - 1
-        const double bq = rr < -30 ? INFINITY : beta * expm1(-rr);       // m/q - 1
-        const double tp = isinf(a) ? (1 - beta) * (q - p) - p * (log(1 - beta) + rr) : p * a_minus_log1p(a);
-        const double tq = isinf(bq) ? beta * (p - q) - q * (log(beta) - rr) : q * a_minus_log1p(bq);
-        s0 += beta * tp + (1 - beta) * tq;
-        const double h = isinf(bq) ? -(log(beta) - rr) : -log1p(bq);
-        s1 += q * h;
-        break;
-      }
-      default: {
-        const double mag = fmax(p, q) * -expm1(-fabs(rr));
-        s0 += 0.5 * mag;
-        s1 += rr > 0 ? 0.5 * q : rr < 0 ? -0.5 * q : 0.0;
-        break;
+  for_tiles2(zt, zs, V, al, [&](int x0, const Four& ft, const Four& fs4) {
+    for (int j = 0; j < ft.n; ++j) {
+      double p, q, rr;
+      token(ft.v[j], fs4.v[j], &p, &q, &rr);
+      switch (divergence) {
+        case 0: s0 += bregman_term(p, q, rr); break;
+        case 1:
+          s0 += bregman_term(q, p, -rr);
+          s1 += q * rr;
+          break;
+        case 2: {
+          // beta KL(p||m) + (1 - beta) KL(q||m) in Bregman form; h = log(q/m).
+          const double a = rr > 30 ? INFINITY : (1 - beta) * expm1(rr);    // m/p - 1
+          const double bq = rr < -30 ? INFINITY : beta * expm1(-rr);       // m/q - 1
+          const double tp = isinf(a) ? (1 - beta) * (q - p) - p * (log(1 - beta) + rr) : p * a_minus_log1p(a);
+          const double tq = isinf(bq) ? beta * (p - q) - q * (log(beta) - rr) : q * a_minus_log1p(bq);
+          s0 += beta * tp + (1 - beta) * tq;
+          const double h = isinf(bq) ? -(log(beta) - rr) : -log1p(bq);
+          s1 += q * h;
+          break;
+        }
+        default: {
+          const double mag = fmax(p, q) * -expm1(-fabs(rr));
+          s0 += 0.5 * mag;
+          s1 += rr > 0 ? 0.5 * q : rr < 0 ? -0.5 * q : 0.0;
+          break;
+        }
       }
     }
-  }
+  });
   const double loss = block_sum(s0, sh);
   const double C = block_sum(s1, sh);
   if (threadIdx.x == 0) per_row[r] = loss * t2;
   if (!g) return;
-  for (int x = threadIdx.x; x < V; x += kThreads) {
-    double p, q, rr, v;
-    token(x, &p, &q, &rr);
-    switch (divergence) {
-      case 0: v = q - p; break;
-      case 1: v = q * (rr - C); break;
-      case 2: {
-        const double bq = rr < -30 ? INFINITY : beta * expm1(-rr);
-        const double h = isinf(bq) ? -(log(beta) - rr) : -log1p(bq);
-        v = (1 - beta) * q * (h - C);
-        break;
+  for_tiles2(zt, zs, V, al, [&](int x0, const Four& ft, const Four& fs4) {
+    for (int j = 0; j < ft.n; ++j) {
+      const int x = x0 + j;
+      double p, q, rr, v;
+      token(ft.v[j], fs4.v[j], &p, &q, &rr);
+      switch (divergence) {
+        case 0: v = q - p; break;
+        case 1: v = q * (rr - C); break;
+        case 2: {
+          const double bq = rr < -30 ? INFINITY : beta * expm1(-rr);
+          const double h = isinf(bq) ? -(log(beta) - rr) : -log1p(bq);
+          v = (1 - beta) * q * (h - C);
+          break;
+        }
+        default: v = q * ((rr > 0 ? 0.5 : rr < 0 ? -0.5 : 0.0) - C); break;
       }
-      default: v = q * ((rr > 0 ? 0.5 : rr < 0 ? -0.5 : 0.0) - C); break;
+      g[x] = float(v * gscale);
     }
-    g[x] = float(v * gscale);
-  }
+  });
 }
 
 // ---- host side ----
