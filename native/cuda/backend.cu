@@ -6,8 +6,9 @@
 // logits with 16-byte loads where the row is 16-byte aligned, in tiles of kTile tokens:
 // thread t holds the 4 consecutive tokens tile + 4t .. tile + 4t + 3, so that a
 // block-wide exclusive scan over the threads' sums walks the tile in index order (the
-// inverse CDF). Weights and sums are double; no host synchronisation between kernels
-// of a call.
+// inverse CDF). Weights are float exps, as the CPU's; sums are double. Where no filter
+// applies, a row's maximum and total come from one online pass. No host
+// synchronisation between kernels of a call.
 //
 // Filters without a sort: every filter of distribution.h keeps a prefix of the sampling
 // order (logit descending, ties by lower index), so the kept set is "x at or before a
