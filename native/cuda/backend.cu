@@ -179,6 +179,23 @@ __device__ uint32_t order_key(float z) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// Online softmax: adds exp((v - m) t) for a finite v to a thread's running sum (fs for
+// the current tile, s before it) kept at its running maximum m, moving both sums when v
+// raises m. True where it did.
+__device__ bool online_add(float v, float t, float& m, double& s, float& fs) {
+  const bool raised = v > m;
+  if (raised) {
+    if (m != -INFINITY) {
+      const float rescale = expf((m - v) * t);
+      s *= rescale;
+      fs *= rescale;
+    }
+    m = v;
+  }
+  fs += expf((v - m) * t);
+  return raised;
+}
+
 // ---- one row's sampling distribution ----
 
 struct RowParams {
@@ -267,16 +284,11 @@ __device__ void build_dist(const float* z, int V, const RowParams& p, Dist& d, S
         bad = min(bad, x0 + j);
         continue;
       }
-      if (v > m) {
-        if (!greedy && m != -INFINITY) {
-          const float rescale = expf((m - v) * itf);
-          ws *= rescale;
-          fs *= rescale;
-        }
+      // Greedy rows need only the maximum.
+      if (greedy ? v > m : online_add(v, itf, m, ws, fs)) {
         m = v;
         mi = x0 + j;
       }
-      if (!greedy) fs += expf((v - m) * itf);
     }
     ws += fs;
   });
@@ -540,8 +552,9 @@ __device__ bool row_dist(const float* z, int V, const RowParams& p, size_t first
   return false;
 }
 
-__global__ void __launch_bounds__(kThreads, kMinBlocks) k_sample(const float* logits, int V, const RowParams* params, int nparams, const uint64_t* seeds,
-                         const uint64_t* offsets, int32_t* out, long long* bad) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+k_sample(const float* logits, int V, const RowParams* params, int nparams, const uint64_t* seeds,
+         const uint64_t* offsets, int32_t* out, long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
   const float* z = logits + size_t(r) * V;
@@ -556,8 +569,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) k_sample(const float* lo
   if (threadIdx.x == 0) out[r] = x >= 0 ? x : d.argmax;
 }
 
-__global__ void __launch_bounds__(kThreads, kMinBlocks) k_probabilities(const float* logits, int V, const RowParams* params, int nparams, float* out,
-                                long long* bad) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+k_probabilities(const float* logits, int V, const RowParams* params, int nparams, float* out,
+                long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
   const float* z = logits + size_t(r) * V;
@@ -597,10 +611,11 @@ __device__ double overlap(const float* zp, const float* zq, int V, const Dist& P
 
 // One block per (b, i), i = 0..G: the acceptance of drafted token i (i < L) and its
 // residual token if rejected, or the bonus token at i = L.
-__global__ void __launch_bounds__(kThreads, kMinBlocks) k_verify(const float* target, const float* draft, const int32_t* tokens, const int32_t* lengths, int G,
-                         int V, const RowParams* tp, int ntp, const RowParams* dp, int ndp, const uint64_t* seeds,
-                         const uint64_t* offsets, uint8_t* accept, int32_t* candidate, float* accept_prob,
-                         float* expected, long long* bad) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+k_verify(const float* target, const float* draft, const int32_t* tokens, const int32_t* lengths, int G,
+         int V, const RowParams* tp, int ntp, const RowParams* dp, int ndp, const uint64_t* seeds,
+         const uint64_t* offsets, uint8_t* accept, int32_t* candidate, float* accept_prob,
+         float* expected, long long* bad) {
   __shared__ Shared sh;
   const int b = blockIdx.x / (G + 1), i = blockIdx.x % (G + 1);
   const int L = lengths ? lengths[b] : G;
@@ -664,8 +679,9 @@ __global__ void k_verify_finish(const int32_t* dtokens, const int32_t* lengths, 
   for (int i = L; i < G; ++i) accept_prob[b * G + i] = expected[b * G + i] = __int_as_float(0x7fc00000);
 }
 
-__global__ void __launch_bounds__(kThreads, kMinBlocks) k_acceptance(const float* target, const float* draft, int V, const RowParams* tp, int ntp,
-                             const RowParams* dp, int ndp, float* out, long long* bad) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+k_acceptance(const float* target, const float* draft, int V, const RowParams* tp, int ntp,
+             const RowParams* dp, int ndp, float* out, long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
   const float* zt = target + size_t(r) * V;
@@ -692,8 +708,9 @@ __device__ double a_minus_log1p(double a) {
   return a - log1p(a);
 }
 
-__global__ void __launch_bounds__(kThreads, kKdMinBlocks) k_kd(const float* teacher, const float* student, int V, int divergence, double T, double beta,
-                     const uint8_t* mask, double t2, double gscale, double* per_row, float* grad, long long* bad) {
+__global__ void __launch_bounds__(kThreads, kKdMinBlocks)
+k_kd(const float* teacher, const float* student, int V, int divergence, double T, double beta,
+     const uint8_t* mask, double t2, double gscale, double* per_row, float* grad, long long* bad) {
   __shared__ Shared sh;
   const int r = blockIdx.x;
   const float* zt = teacher + size_t(r) * V;
@@ -716,19 +733,8 @@ __global__ void __launch_bounds__(kThreads, kKdMinBlocks) k_kd(const float* teac
   int bt = INT_MAX, bs = INT_MAX;
   double st = 0, ss = 0;
   auto online = [&](float v, int x, float& m, int& b, double& s, float& fs) {
-    if (!isfinite(v)) {
-      b = min(b, x);
-      return;
-    }
-    if (v > m) {
-      if (m != -INFINITY) {
-        const float rescale = expf((m - v) * inv_tf);
-        s *= rescale;
-        fs *= rescale;
-      }
-      m = v;
-    }
-    fs += expf((v - m) * inv_tf);
+    if (!isfinite(v)) b = min(b, x);
+    else online_add(v, inv_tf, m, s, fs);
   };
   for_tiles2(zt, zs, V, al, [&](int x0, const Four& ft, const Four& fs4) {
     float a = 0, b = 0;
