@@ -46,34 +46,47 @@ simd::JsdRef jsd_ref(double r0, double beta) {
   return ref;
 }
 
-// Taylor coefficients of Phi(y, b) = (1 - b) y e^y - V log V, V = b + (1 - b) e^y, by
-// power-series composition in double: Phi = sum_{k>=2} c_k y^k. Its singularities are
-// at |y| >= pi, so degree 12 is accurate to < 1e-9 on |y| < 1/2, where it is used.
-void phi_series(double b, float* out /* c_2..c_12 */) {
-  constexpr int N = 12;
-  auto mul = [](const double* x, const double* y, double* z) {
-    for (int i = 0; i <= N; ++i) z[i] = 0;
-    for (int i = 0; i <= N; ++i)
-      for (int j = 0; i + j <= N; ++j) z[i + j] += x[i] * y[j];
-  };
-  double w[N + 1] = {0}, L[N + 1] = {0}, wp[N + 1] = {1}, tmp[N + 1], ye[N + 1] = {0};
-  double fact = 1;
-  for (int k = 1; k <= N; ++k) {
-    fact *= k;
-    w[k] = (1 - b) / fact;  // V - 1 = (1 - b)(e^y - 1)
+// G(y, b) = Phi(y, b) / y^2 (simd.h JsdTable) in double, y < 0, from the direct form: its
+// cancellation near y = 0 costs ~1e-16 / (c |y|), c = Phi's y^2 coefficient, ~1e-11 at
+// worst at the nodes below (beta = 0.001), far below float rounding.
+double jsd_g(double y, double b) {
+  const double em1 = std::expm1(y), w = (1 - b) * em1;
+  return ((1 - b) * y * (em1 + 1) - (1 + w) * std::log1p(w)) / (y * y);
+}
+
+// The JSD kernels' table for beta: each piece's G interpolated at the Chebyshev points
+// of degree kDegree, turned into monomials in s (Phi's relative error with the kernels'
+// float evaluation: at most ~3e-7 for beta in [0.001, 0.999], checked against 40-digit
+// arithmetic; test_kd checks the losses).
+simd::JsdTable jsd_table(double beta) {
+  using Table = simd::JsdTable;
+  constexpr int n = Table::kDegree + 1;
+  const double pi = std::acos(-1.0);
+  double cheb[n][n] = {};  // monomial coefficients of T_0 .. T_kDegree
+  cheb[0][0] = 1;
+  cheb[1][1] = 1;
+  for (int k = 2; k < n; ++k)
+    for (int m = 0; m < n; ++m) cheb[k][m] = (m > 0 ? 2 * cheb[k - 1][m - 1] : 0) - cheb[k - 2][m];
+  Table t;
+  t.beta = float(beta);
+  for (int side = 0; side < 2; ++side) {
+    const double b = side ? 1 - beta : beta;
+    for (int i = 0; i < Table::kPieces; ++i) {
+      double f[n], mono[n] = {};
+      for (int j = 0; j < n; ++j) {
+        const double s = std::cos(pi * (j + 0.5) / n);
+        f[j] = jsd_g(-(i + (s + 1) / 2) * double(Table::kSpan) / Table::kPieces, b);
+      }
+      for (int k = 0; k < n; ++k) {
+        double a = 0;
+        for (int j = 0; j < n; ++j) a += f[j] * std::cos(pi * k * (j + 0.5) / n);
+        a *= (k == 0 ? 1.0 : 2.0) / n;
+        for (int m = 0; m < n; ++m) mono[m] += a * cheb[k][m];
+      }
+      for (int m = 0; m < n; ++m) t.c[m][Table::kPieces * side + i] = float(mono[m]);
+    }
   }
-  for (int j = 1; j <= N; ++j) {  // log(1 + w) = sum (-1)^(j+1) w^j / j
-    mul(wp, w, tmp);
-    for (int i = 0; i <= N; ++i) wp[i] = tmp[i];
-    for (int i = 0; i <= N; ++i) L[i] += (j % 2 ? 1.0 : -1.0) * wp[i] / j;
-  }
-  mul(w, L, tmp);  // (1 + w) log(1 + w) = L + w L
-  fact = 1;
-  for (int k = 1; k <= N; ++k) {
-    ye[k] = 1 / fact;  // y e^y = sum y^k / (k - 1)!
-    fact *= k;
-  }
-  for (int k = 2; k <= N; ++k) out[k - 2] = float((1 - b) * ye[k] - (L[k] + tmp[k]));
+  return t;
 }
 
 // Tokens above this probability get double-precision exponentials in pass 2 (simd.h).
@@ -220,9 +233,10 @@ Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, 
 }
 
 // One row: returns its divergence; writes its gradient times `gscale` if g != nullptr.
+// `jsd` is the JSD kernels' table (jsd only).
 // `next` is the row this thread does after this one (or a.rows: none), prefetched by
 // tvd's and jsd's pass 2 (`first`).
-double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g) {
+double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g, const simd::JsdTable* jsd) {
   const size_t V = a.vocab;
   const double T = a.temperature, beta = a.beta;
   const float* zt = a.teacher + row * V;
@@ -407,16 +421,12 @@ double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g)
       break;
     }
     case Divergence::JSD: {
-      simd::JsdSeries js;
-      js.beta = float(beta);
-      phi_series(beta, js.a[0]);
-      phi_series(1 - beta, js.a[1]);
       // The gradient's row constant C = KL(q || m) = sum q h, h = log(q/m), is summed as
       // h(r) - h(r0) relative to r0 = r at the student's argmax, without cancellation.
       const size_t xq = size_t(Q.find_argmax());
       const double r0 = ((double(zs[xq]) - ms) - (double(zt[xq]) - mt)) * inv_t + K;
       const simd::JsdRef hr = jsd_ref(r0, beta);
-      for (size_t c = 0; c < chunks; ++c) k.kd_jsd(first(c, K), js, g ? &hr : nullptr, s);
+      for (size_t c = 0; c < chunks; ++c) k.kd_jsd(first(c, K), *jsd, g ? &hr : nullptr, s);
       loss = bregman(delta(), beta * (1 - beta));  // r = r~ here: off by delta
       if (g) {
         const double lb = std::log(beta), l1b = std::log1p(-beta);
@@ -448,6 +458,15 @@ double kd_loss(const KdArgs& a, float* per_row, float* grad) {
   const double t2 = a.scale_t2 ? a.temperature * a.temperature : 1.0;
   const double gscale = included ? t2 / (a.temperature * double(included)) : 0.0;
   std::vector<double> losses(a.rows, 0.0);
+  // The JSD table for this beta (256 evaluations of G in double), kept per thread for the
+  // next call.
+  thread_local double table_beta = -1;
+  thread_local simd::JsdTable table;
+  if (a.divergence == Divergence::JSD && a.beta != table_beta) {
+    table = jsd_table(a.beta);
+    table_beta = a.beta;
+  }
+  const simd::JsdTable* jsd = &table;  // this thread's: the workers' thread_locals are others
   // Tasks are runs of consecutive rows, so that each row can prefetch the next one its
   // thread will do; several runs per thread keep the load balanced. Rows are
   // independent: the results do not depend on the grouping.
@@ -462,7 +481,7 @@ double kd_loss(const KdArgs& a, float* per_row, float* grad) {
       }
       size_t next = r + 1;
       while (next < end && a.mask != nullptr && a.mask[next] == 0) ++next;
-      losses[r] = kd_row(a, r, next < end ? next : a.rows, gscale, g) * t2;
+      losses[r] = kd_row(a, r, next < end ? next : a.rows, gscale, g, jsd) * t2;
     }
   });
   double total = 0;

@@ -101,6 +101,13 @@ inline V16 v_abs(V16 a) {
   const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   return V16{_mm256_and_ps(a.lo, mask), _mm256_and_ps(a.hi, mask)};
 }
+// Table lookups: v_index takes lanes that hold integers in [0, 32) exactly; v_lookup32
+// returns t[index] per lane from a 32-entry table (gathers).
+struct VI16 {
+  __m256i lo, hi;
+};
+inline VI16 v_index(V16 a) { return VI16{_mm256_cvttps_epi32(a.lo), _mm256_cvttps_epi32(a.hi)}; }
+inline V16 v_lookup32(const float* t, VI16 i) { return V16{_mm256_i32gather_ps(t, i.lo, 4), _mm256_i32gather_ps(t, i.hi, 4)}; }
 inline void log_split8(__m256 u, __m256* m, __m256* k) {
   const __m256i ix = _mm256_castps_si256(u);
   const __m256i ki = _mm256_srai_epi32(_mm256_sub_epi32(ix, _mm256_set1_epi32(0x3f400000)), 23);

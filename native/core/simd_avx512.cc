@@ -73,6 +73,11 @@ inline M16 v_eq(V16 a, V16 b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
 inline V16 v_select(M16 m, V16 a, V16 b) { return _mm512_mask_blend_ps(m, b, a); }
 inline V16 v_div(V16 a, V16 b) { return _mm512_div_ps(a, b); }
 inline V16 v_abs(V16 a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff))); }
+// Table lookups: v_index takes lanes that hold integers in [0, 32) exactly; v_lookup32
+// returns t[index] per lane from a 32-entry table (one two-register permute).
+using VI16 = __m512i;
+inline VI16 v_index(V16 a) { return _mm512_cvttps_epi32(a); }
+inline V16 v_lookup32(const float* t, VI16 i) { return _mm512_permutex2var_ps(_mm512_loadu_ps(t), i, _mm512_loadu_ps(t + 16)); }
 // u = m 2^k with m in [0.75, 1.5), k integral (u positive and normal).
 inline void v_log_split(V16 u, V16* m, V16* k) {
   const __m512i ix = _mm512_castps_si512(u);

@@ -108,6 +108,17 @@ inline M16 v_eq(V16 a, V16 b) { SPECULA_MASK(a.v[i] == b.v[i]); }
 inline V16 v_select(M16 m, V16 a, V16 b) { SPECULA_LANES(m.b[i] ? a.v[i] : b.v[i]); }
 inline V16 v_div(V16 a, V16 b) { SPECULA_LANES(a.v[i] / b.v[i]); }
 inline V16 v_abs(V16 a) { SPECULA_LANES(a.v[i] < 0 ? -a.v[i] : a.v[i]); }
+// Table lookups: v_index takes lanes that hold integers in [0, 32) exactly; v_lookup32
+// returns t[index] per lane from a 32-entry table.
+struct VI16 {
+  int32_t v[16];
+};
+inline VI16 v_index(V16 a) {
+  VI16 r;
+  for (int i = 0; i < 16; ++i) r.v[i] = int32_t(a.v[i]);
+  return r;
+}
+inline V16 v_lookup32(const float* t, VI16 ix) { SPECULA_LANES(t[ix.v[i]]); }
 // u = m 2^k with m in [0.75, 1.5), k integral (u positive and normal).
 inline void v_log_split(V16 u, V16* m, V16* k) {
   for (int i = 0; i < 16; ++i) {

@@ -152,6 +152,38 @@ TEST_CASE(kd_matches_double_reference) {
   std::printf("  worst relative error: loss %.2e, gradient entries > 1e-6 %.2e\n", worst_loss, worst_grad);
 }
 
+// JSD's loss terms come from a table fitted per beta (simd.h JsdTable): betas near 0 and 1,
+// and log-ratios |r| from ~1e-3 through every piece (1.5 wide) to beyond its span of 24.
+TEST_CASE(kd_jsd_any_beta) {
+  const size_t V = 4000, R = 4;
+  std::mt19937 gen(31);
+  std::normal_distribution<float> n01;
+  std::vector<float> zt(R * V), zs(R * V);
+  const float noise[R] = {0.002f, 0.3f, 4.0f, 12.0f};  // row 3: |r| up to ~50
+  for (size_t r = 0; r < R; ++r)
+    for (size_t x = 0; x < V; ++x) {
+      zt[r * V + x] = 2.0f * n01(gen);
+      zs[r * V + x] = zt[r * V + x] + noise[r] * n01(gen);
+    }
+  double worst = 0, worst_grad = 0;
+  for (double beta : {1e-3, 0.02, 0.3, 0.77, 0.98, 0.999}) {
+    const specula::KdArgs a = kd_args(zt, zs, R, V, Divergence::JSD, 1.0, beta);
+    std::vector<float> per_row(R), grad(R * V);
+    specula::kd_loss(a, per_row.data(), grad.data());
+    for (size_t r = 0; r < R; ++r) {
+      std::vector<double> g;
+      const double L = naive_row(&zt[r * V], &zs[r * V], V, Divergence::JSD, 1.0, beta, g);
+      const double e = std::fabs(per_row[r] - L) / L;
+      worst = std::max(worst, e);
+      CHECK_MSG(e <= 1e-5, "beta=" + std::to_string(beta) + " row " + std::to_string(r) + " loss " +
+                               std::to_string(per_row[r]) + " vs " + std::to_string(L));
+      const std::string off = grad_row_off(&grad[r * V], g, R, &worst_grad);
+      CHECK_MSG(off.empty(), "beta=" + std::to_string(beta) + " row " + std::to_string(r) + off);
+    }
+  }
+  std::printf("  worst relative error: loss %.2e, gradient entries > 1e-6 %.2e\n", worst, worst_grad);
+}
+
 // Rows too long for a core's L2 beside their exponentials: rkl's gradient sweep recomputes
 // the exponentials from the logits (kd.cc) instead of reading back pass 1's.
 TEST_CASE(kd_long_rows_gradient) {
