@@ -3,7 +3,7 @@
 // Throughput is teacher + student logits bytes / second against a read of the same
 // bytes on the same threads, timed interleaved in the same run; medians.
 //
-//   npm run bench:native -- kd [--threads 2] [--quick]
+//   npm run bench:native -- kd [--threads 2] [--quick] [--only fkl|rkl|jsd|tvd]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -26,9 +26,11 @@ using bench::seconds_since;
 int main(int argc, char** argv) {
   int threads = 2;
   bool quick = false;
+  const char* only = nullptr;  // one divergence (profiling)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
   }
   ThreadPool::global().set_threads(threads);
   std::printf("specula KD benchmark: %d threads, %s kernels, T = 1, student = teacher + N(0, 1)\n", threads,
@@ -46,7 +48,9 @@ int main(int argc, char** argv) {
       const float* arrays[2] = {zt.data(), zs.data()};
       const size_t lengths[2] = {zt.size(), zs.size()};
       const double bytes = 8.0 * double(R * V);
+      static const char* names[] = {"fkl", "rkl", "jsd", "tvd"};
       for (Divergence d : {Divergence::FKL, Divergence::RKL, Divergence::JSD, Divergence::TVD}) {
+        if (only != nullptr && std::strcmp(only, names[int(d)]) != 0) continue;
         KdArgs a;
         a.teacher = zt.data();
         a.student = zs.data();
@@ -69,7 +73,6 @@ int main(int argc, char** argv) {
           tg.push_back(seconds_since(t));
         }
         const double l = median(tl), g = median(tg), b = median(tb);
-        static const char* names[] = {"fkl", "rkl", "jsd", "tvd"};
         std::printf("| %s | %zu | %zu | %.0f | %.2f | %.1f | %.2f | %.2f | %.1f | %.2f | %.1f |\n", names[int(d)], R, V,
                     bytes / 1e6, l * 1e3, bytes / l / 1e9, b / l, g * 1e3, bytes / g / 1e9, b / g, bytes / b / 1e9);
         std::fflush(stdout);
