@@ -57,7 +57,8 @@ double jsd_g(double y, double b) {
 // The JSD kernels' table for beta: each piece's G interpolated at the Chebyshev points
 // of degree kDegree, turned into monomials in s (Phi's relative error with the kernels'
 // float evaluation: at most ~3e-7 for beta in [0.001, 0.999], checked against 40-digit
-// arithmetic; test_kd checks the losses).
+// arithmetic; test_kd checks the losses). Every piece uses the same nodes, so one matrix
+// takes a piece's samples of G to its monomial coefficients.
 simd::JsdTable jsd_table(double beta) {
   using Table = simd::JsdTable;
   constexpr int n = Table::kDegree + 1;
@@ -67,23 +68,28 @@ simd::JsdTable jsd_table(double beta) {
   cheb[1][1] = 1;
   for (int k = 2; k < n; ++k)
     for (int m = 0; m < n; ++m) cheb[k][m] = (m > 0 ? 2 * cheb[k - 1][m - 1] : 0) - cheb[k - 2][m];
+  // fit[m][j]: the s^m coefficient from the sample at node j, sum over k of T_k's share
+  // (the interpolant's Chebyshev coefficient a_k = (2 - [k = 0]) / n sum_j f_j T_k(s_j)).
+  double node[n], fit[n][n] = {};
+  for (int j = 0; j < n; ++j) {
+    node[j] = std::cos(pi * (j + 0.5) / n);
+    for (int k = 0; k < n; ++k) {
+      const double w = (k == 0 ? 1.0 : 2.0) / n * std::cos(pi * k * (j + 0.5) / n);
+      for (int m = 0; m < n; ++m) fit[m][j] += w * cheb[k][m];
+    }
+  }
   Table t;
   t.beta = float(beta);
   for (int side = 0; side < 2; ++side) {
     const double b = side ? 1 - beta : beta;
     for (int i = 0; i < Table::kPieces; ++i) {
-      double f[n], mono[n] = {};
-      for (int j = 0; j < n; ++j) {
-        const double s = std::cos(pi * (j + 0.5) / n);
-        f[j] = jsd_g(-(i + (s + 1) / 2) * double(Table::kSpan) / Table::kPieces, b);
+      double f[n];
+      for (int j = 0; j < n; ++j) f[j] = jsd_g(-(i + (node[j] + 1) / 2) * double(Table::kSpan) / Table::kPieces, b);
+      for (int m = 0; m < n; ++m) {
+        double c = 0;
+        for (int j = 0; j < n; ++j) c += fit[m][j] * f[j];
+        t.c[m][Table::kPieces * side + i] = float(c);
       }
-      for (int k = 0; k < n; ++k) {
-        double a = 0;
-        for (int j = 0; j < n; ++j) a += f[j] * std::cos(pi * k * (j + 0.5) / n);
-        a *= (k == 0 ? 1.0 : 2.0) / n;
-        for (int m = 0; m < n; ++m) mono[m] += a * cheb[k][m];
-      }
-      for (int m = 0; m < n; ++m) t.c[m][Table::kPieces * side + i] = float(mono[m]);
     }
   }
   return t;
@@ -233,9 +239,8 @@ Pass1Sums pass1(const KdArgs& a, size_t row, simd::KdWeight weight, bool store, 
 }
 
 // One row: returns its divergence; writes its gradient times `gscale` if g != nullptr.
-// `jsd` is the JSD kernels' table (jsd only).
 // `next` is the row this thread does after this one (or a.rows: none), prefetched by
-// tvd's and jsd's pass 2 (`first`).
+// tvd's and jsd's pass 2 (`first`); `jsd` is the JSD kernels' table (jsd only).
 double kd_row(const KdArgs& a, size_t row, size_t next, double gscale, float* g, const simd::JsdTable* jsd) {
   const size_t V = a.vocab;
   const double T = a.temperature, beta = a.beta;
