@@ -59,6 +59,7 @@ export interface Binding {
   simd(): 'avx512' | 'avx2' | 'portable';
   amx(): boolean;
   amxPieces(): number;
+  matmulPrefetch(): 'l1' | 'l2';
   setSimd(level: 'avx512' | 'avx2' | 'portable'): boolean;
 }
 

@@ -25,6 +25,14 @@ export interface RuntimeInfo {
    * slower). Fixed for the life of the process.
    */
   amxPieces: 0 | 2 | 3;
+  /**
+   * Where the matrix kernels prefetch the next weights when a forward has 1-4 rows
+   * (decoding, short verification passes): 'l1' (prefetcht0; measured best on Intel) or
+   * 'l2' (prefetcht1; on AMD Zen 4, t0 cost bf16 decoding a third of its speed). Chosen
+   * per CPU vendor (AMD: 'l2'), or by SPECULA_PREFETCH=l1|l2. Speed only: the results are
+   * the same bits either way. Fixed for the life of the process.
+   */
+  prefetch: 'l1' | 'l2';
 }
 
 /** specula's version, from package.json. */
@@ -45,6 +53,6 @@ export function runtimeInfo(): RuntimeInfo {
   const b = native();
   return {
     version, threads: b.threads(), availableCores: b.availableCores(), simd: b.simd(), amx: b.amx(),
-    amxPieces: b.amxPieces() as 0 | 2 | 3,
+    amxPieces: b.amxPieces() as 0 | 2 | 3, prefetch: b.matmulPrefetch(),
   };
 }

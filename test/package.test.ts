@@ -40,6 +40,14 @@ describe('package', () => {
     { cwd: root, encoding: 'utf8', env: { ...process.env, SPECULA_AMX: value } }).trim();
     expect(amxWith('0')).toBe('false 0');
     expect(amxWith('3')).toBe(out.info.amx ? 'true 3' : 'false 0');
+    // SPECULA_PREFETCH picks where the matrix kernels prefetch; anything else: the CPU's default.
+    expect(['l1', 'l2']).toContain(out.info.prefetch);
+    const prefetchWith = (value: string) => execFileSync(process.execPath, ['--input-type=module', '-e',
+      "const m = await import('specula'); console.log(m.runtimeInfo().prefetch)"],
+    { cwd: root, encoding: 'utf8', env: { ...process.env, SPECULA_PREFETCH: value } }).trim();
+    expect(prefetchWith('l1')).toBe('l1');
+    expect(prefetchWith('l2')).toBe('l2');
+    expect(prefetchWith('L3')).toBe(out.info.prefetch);
     for (const f of ['index.d.ts', 'sampling.d.ts', 'reference/index.d.ts', 'model/model.d.ts']) {
       expect(readFileSync(path.join(root, 'dist', f), 'utf8').length).toBeGreaterThan(0);
     }

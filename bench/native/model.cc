@@ -3,8 +3,10 @@
 // and prefill (1 x 512) against ceilings measured in the same run: read bandwidth over a
 // buffer the size of the weights, and an FMA-peak loop. --ladder times instead the
 // engine's verification shape 1 x n, n = 1..12, against decoding (n = 1); --context N
-// (up to 1008) sets the context of all of them.
-//   bench_model [--dtype f32|bf16|f16] [--threads N] [--quick] [--ladder] [--context N]
+// (up to 1008) sets the context of all of them. --prefetch-ab runs the ladder under both
+// prefetch policies of the matrix kernels (simd.h, matmul_prefetch: l1, l2), alternating
+// round by round, and prints each n's median under both and their ratio.
+//   bench_model [--dtype f32|bf16|f16] [--threads N] [--quick] [--ladder] [--prefetch-ab] [--context N]
 #include <unistd.h>
 
 #include <cmath>
@@ -108,6 +110,7 @@ int main(int argc, char** argv) {
   int threads = 2;
   bool quick = false, prefill_only = false, verify_only = false, decode_only = false, verify1_only = false;  // --*-only: for profilers
   bool ladder = false;  // --ladder: 1 x n passes for n = 1..12 against decoding, interleaved
+  bool prefetch_ab = false;  // --prefetch-ab: the ladder under both prefetch policies, alternating
   size_t ctx = 512;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -119,6 +122,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode-only") decode_only = true;
     else if (a == "--verify1-only") verify1_only = true;
     else if (a == "--ladder") ladder = true;
+    else if (a == "--prefetch-ab") ladder = prefetch_ab = true;
     else if (a == "--context" && i + 1 < argc) ctx = size_t(std::min(1008, std::max(1, std::atoi(argv[++i]))));
   }
   const WType wt = dtype == "bf16" ? WType::BF16 : dtype == "f16" ? WType::F16 : WType::F32;
@@ -141,9 +145,9 @@ int main(int argc, char** argv) {
   const std::string amx = specula::amx::enabled() && wt == WType::BF16
                               ? " (AMX, " + std::to_string(specula::amx::pieces()) + " pieces)"
                               : "";
-  std::printf("model: llama-100m %s, %.1f M parameters, %.0f MB weights per token, %s%s, %d threads\n", dtype.c_str(),
-              wbytes / (wt == WType::F32 ? 4 : 2) / 1e6, wbytes / 1e6, specula::simd::kernels().name, amx.c_str(),
-              threads);
+  std::printf("model: llama-100m %s, %.1f M parameters, %.0f MB weights per token, %s%s, prefetch %s, %d threads\n",
+              dtype.c_str(), wbytes / (wt == WType::F32 ? 4 : 2) / 1e6, wbytes / 1e6, specula::simd::kernels().name,
+              amx.c_str(), specula::simd::matmul_prefetch() == specula::simd::PrefetchLevel::L2 ? "l2" : "l1", threads);
 
   // Ceilings.
   std::vector<float> big(size_t(wbytes / 4) + (1 << 20));
@@ -210,23 +214,43 @@ int main(int argc, char** argv) {
   if (ladder) {
     // The engine's verification shape, 1 x n (all logits), at this context, against a
     // decode step (n = 1), in interleaved rounds so that the machine's drift hits all alike.
+    // With --prefetch-ab, policy 0 is l1 and 1 is l2, alternating round by round.
+    using specula::simd::PrefetchLevel;
     constexpr size_t kMax = 12;
-    std::vector<double> t[kMax + 1];
+    const PrefetchLevel saved = specula::simd::matmul_prefetch();
+    const PrefetchLevel policies[2] = {PrefetchLevel::L1, PrefetchLevel::L2};
+    const int np = prefetch_ab ? 2 : 1;
+    std::vector<double> t[2][kMax + 1];
     std::vector<int32_t> toks(kMax);
     for (size_t i = 0; i < kMax; ++i) toks[i] = int32_t((i * 104729) % V);
-    for (int r = 0; r < (quick ? 5 : 25); ++r) {
-      for (size_t n = 1; n <= kMax; ++n) {
-        specula::ForwardItem it{0, toks.data(), n, n};
-        const auto t0 = bench::Clock::now();
-        cache.forward(&it, 1, logits.data());
-        t[n].push_back(bench::seconds_since(t0));
-        cache.truncate(0, ctx);
+    for (int r = 0; r < (quick ? 5 : prefetch_ab ? 15 : 25); ++r) {
+      for (int p = 0; p < np; ++p) {
+        specula::simd::set_matmul_prefetch(prefetch_ab ? policies[p] : saved);
+        for (size_t n = 1; n <= kMax; ++n) {
+          specula::ForwardItem it{0, toks.data(), n, n};
+          const auto t0 = bench::Clock::now();
+          cache.forward(&it, 1, logits.data());
+          t[p][n].push_back(bench::seconds_since(t0));
+          cache.truncate(0, ctx);
+        }
       }
     }
-    const double d = bench::median(t[1]);
+    if (prefetch_ab) {
+      std::printf("ladder at context %zu under both prefetch policies (alternating rounds): 1 x n tokens, median ms "
+                  "(x that policy's decode)\n", ctx);
+      std::printf("  n     l1 ms          l2 ms          l2 / l1\n");
+      for (size_t n = 1; n <= kMax; ++n) {
+        const double a = bench::median(t[0][n]), b = bench::median(t[1][n]);
+        std::printf("  %2zu  %6.2f (%.2f)  %6.2f (%.2f)  %.2f\n", n, a * 1e3, a / bench::median(t[0][1]), b * 1e3,
+                    b / bench::median(t[1][1]), b / a);
+      }
+      specula::simd::set_matmul_prefetch(saved);
+      return 0;
+    }
+    const double d = bench::median(t[0][1]);
     std::printf("ladder at context %zu: 1 x n tokens, median ms (x decode)\n", ctx);
     for (size_t n = 1; n <= kMax; ++n)
-      std::printf("  n = %2zu  %6.2f ms  %.2f\n", n, bench::median(t[n]) * 1e3, bench::median(t[n]) / d);
+      std::printf("  n = %2zu  %6.2f ms  %.2f\n", n, bench::median(t[0][n]) * 1e3, bench::median(t[0][n]) / d);
     return 0;
   }
   std::vector<double> dec;

@@ -1117,6 +1117,9 @@ Napi::Value AvailableCores(const Napi::CallbackInfo& info) {
 Napi::Value Simd(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), specula::simd::kernels().name); }
 
 Napi::Value Amx(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), specula::amx::enabled()); }
+Napi::Value MatmulPrefetch(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), specula::simd::matmul_prefetch() == specula::simd::PrefetchLevel::L2 ? "l2" : "l1");
+}
 Napi::Value AmxPieces(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), specula::amx::enabled() ? specula::amx::pieces() : 0);
 }
@@ -1148,6 +1151,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
   exports.Set("amx", Napi::Function::New(env, Amx, "amx"));
   exports.Set("amxPieces", Napi::Function::New(env, AmxPieces, "amxPieces"));
+  exports.Set("matmulPrefetch", Napi::Function::New(env, MatmulPrefetch, "matmulPrefetch"));
   auto* data = env.GetInstanceData<AddonData>();
   Napi::Function model_class = NativeModel::Define(env);
   data->model_ctor = Napi::Persistent(model_class);

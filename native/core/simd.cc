@@ -39,6 +39,19 @@ const Kernels* best(const char* cap) {
 
 std::atomic<const Kernels*> g_current{nullptr};
 
+PrefetchLevel default_prefetch() {
+  const char* e = std::getenv("SPECULA_PREFETCH");
+  if (e != nullptr && std::strcmp(e, "l1") == 0) return PrefetchLevel::L1;
+  if (e != nullptr && std::strcmp(e, "l2") == 0) return PrefetchLevel::L2;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("amd")) return PrefetchLevel::L2;
+#endif
+  return PrefetchLevel::L1;
+}
+
+std::atomic<int> g_prefetch{0};  // 0: not chosen yet
+
 }  // namespace
 
 const Kernels* kernels_for(const char* level) {
@@ -57,6 +70,17 @@ const Kernels& kernels() {
   }
   return *k;
 }
+
+PrefetchLevel matmul_prefetch() {
+  int v = g_prefetch.load(std::memory_order_relaxed);
+  if (v == 0) {
+    v = int(default_prefetch());
+    g_prefetch.store(v, std::memory_order_relaxed);
+  }
+  return PrefetchLevel(v);
+}
+
+void set_matmul_prefetch(PrefetchLevel level) { g_prefetch.store(int(level), std::memory_order_relaxed); }
 
 bool set_level(const char* level) {
   const Kernels* k = kernels_for(level);

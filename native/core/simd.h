@@ -228,6 +228,21 @@ struct Kernels {
   double (*fma_peak)(size_t iters, double* sink);
 };
 
+// Where the matrix kernels' software prefetches put the next tile's weights when a call
+// has 1-4 rows (decoding, small verification passes; 5 or more rows always use L2, whose
+// activation rows need L1). The results do not depend on it, only the speed:
+//   L1: prefetcht0 for 1-4 rows (one row: 16-bit weights only; the hardware prefetcher
+//       follows 16 f32 rows well). Measured best on Intel (2026-11-26).
+//   L2: prefetcht1 instead. On AMD Zen 4, t0 prefetches of the weight stream cost decoding
+//       up to a third of its bandwidth (llama-100m bf16 decode 8.2-9.8 -> 5.4-6.0 ms, 1 x 2
+//       8.6-10.1 -> 4.6-6.0 ms; the same with tiles of 6 KiB, so not the 32 KiB L1's size
+//       but how the CPU serves t0 prefetches that miss).
+// Chosen once per process: SPECULA_PREFETCH=l1|l2, else L2 on AMD CPUs and L1 elsewhere.
+enum class PrefetchLevel : int { L1 = 1, L2 = 2 };
+PrefetchLevel matmul_prefetch();
+// Overrides the choice from now on (benchmarks compare the two in one run).
+void set_matmul_prefetch(PrefetchLevel level);
+
 // The table chosen for this CPU; SPECULA_SIMD=avx512|avx2|portable in the environment
 // asks for a lower level (a level the CPU lacks is never chosen).
 const Kernels& kernels();

@@ -145,7 +145,13 @@ TEST_CASE(reduce_tree_is_bit_exact_across_levels) {
 TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
   std::mt19937_64 rng(2);
   const WType types[] = {WType::F32, WType::F16, WType::BF16};
+  // Both prefetch policies (simd.h, matmul_prefetch): the full products under one, each
+  // row alone under the other, so that their code paths are checked and give the same bits.
+  using specula::simd::PrefetchLevel;
+  const PrefetchLevel saved = specula::simd::matmul_prefetch();
   for (int trial = 0; trial < 72; ++trial) {
+    const PrefetchLevel pf = (trial / 3) % 2 ? PrefetchLevel::L2 : PrefetchLevel::L1;
+    const PrefetchLevel other = pf == PrefetchLevel::L1 ? PrefetchLevel::L2 : PrefetchLevel::L1;
     // The last trials: the many-row tiles (more than 12 rows, some past a 64-row block)
     // with k past one part of the k split (simd_model.inc, kKPart = 768), and a tail.
     const bool deep = trial >= 60;
@@ -168,12 +174,14 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
       // Columns in two uneven ranges (as two threads would).
       const size_t split = rng() % (N + 1);
       std::vector<float> scratch(N * K);
+      specula::simd::set_matmul_prefetch(pf);
       k->matmul(a, 0, split, trial % 5 == 0 ? nullptr : scratch.data());
       k->matmul(a, split, N, scratch.data());
       CHECK_MSG(matmul_matches_double(y, x, K, rows, K, w, N, use_bias ? bias.data() : nullptr,
                                       accumulate ? y0.data() : nullptr),
                 std::string(level) + " rows=" + std::to_string(rows) + " K=" + std::to_string(K));
       // Each row alone gives the same bits.
+      specula::simd::set_matmul_prefetch(other);
       for (size_t t = 0; t < rows; ++t) {
         std::vector<float> yr(y0.begin() + t * N, y0.begin() + (t + 1) * N);
         specula::simd::MatmulArgs b = a;
@@ -189,6 +197,7 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
       }
     }
   }
+  specula::simd::set_matmul_prefetch(saved);
 }
 
 // x rounded to bf16 (8 significant bits) to nearest, ties to even, in double arithmetic
