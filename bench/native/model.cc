@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
                               : "";
   std::printf("model: llama-100m %s, %.1f M parameters, %.0f MB weights per token, %s%s, prefetch %s, %d threads\n",
               dtype.c_str(), wbytes / (wt == WType::F32 ? 4 : 2) / 1e6, wbytes / 1e6, specula::simd::kernels().name,
-              amx.c_str(), specula::simd::matmul_prefetch() == specula::simd::PrefetchLevel::L2 ? "l2" : "l1", threads);
+              amx.c_str(), specula::simd::prefetch_name(specula::simd::matmul_prefetch()), threads);
 
   // Ceilings.
   std::vector<float> big(size_t(wbytes / 4) + (1 << 20));

@@ -1118,7 +1118,7 @@ Napi::Value Simd(const Napi::CallbackInfo& info) { return Napi::String::New(info
 
 Napi::Value Amx(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), specula::amx::enabled()); }
 Napi::Value MatmulPrefetch(const Napi::CallbackInfo& info) {
-  return Napi::String::New(info.Env(), specula::simd::matmul_prefetch() == specula::simd::PrefetchLevel::L2 ? "l2" : "l1");
+  return Napi::String::New(info.Env(), specula::simd::prefetch_name(specula::simd::matmul_prefetch()));
 }
 Napi::Value AmxPieces(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), specula::amx::enabled() ? specula::amx::pieces() : 0);

@@ -39,10 +39,12 @@ const Kernels* best(const char* cap) {
 
 std::atomic<const Kernels*> g_current{nullptr};
 
+constexpr PrefetchLevel kPrefetchLevels[] = {PrefetchLevel::L1, PrefetchLevel::L2};
+
 PrefetchLevel default_prefetch() {
-  const char* e = std::getenv("SPECULA_PREFETCH");
-  if (e != nullptr && std::strcmp(e, "l1") == 0) return PrefetchLevel::L1;
-  if (e != nullptr && std::strcmp(e, "l2") == 0) return PrefetchLevel::L2;
+  if (const char* e = std::getenv("SPECULA_PREFETCH"))
+    for (const PrefetchLevel l : kPrefetchLevels)
+      if (std::strcmp(e, prefetch_name(l)) == 0) return l;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   if (__builtin_cpu_is("amd")) return PrefetchLevel::L2;
@@ -79,6 +81,8 @@ PrefetchLevel matmul_prefetch() {
   }
   return PrefetchLevel(v);
 }
+
+const char* prefetch_name(PrefetchLevel level) { return level == PrefetchLevel::L2 ? "l2" : "l1"; }
 
 void set_matmul_prefetch(PrefetchLevel level) { g_prefetch.store(int(level), std::memory_order_relaxed); }
 

@@ -240,6 +240,8 @@ struct Kernels {
 // Chosen once per process: SPECULA_PREFETCH=l1|l2, else L2 on AMD CPUs and L1 elsewhere.
 enum class PrefetchLevel : int { L1 = 1, L2 = 2 };
 PrefetchLevel matmul_prefetch();
+// "l1" or "l2", as SPECULA_PREFETCH spells them.
+const char* prefetch_name(PrefetchLevel level);
 // Overrides the choice from now on (benchmarks compare the two in one run).
 void set_matmul_prefetch(PrefetchLevel level);
 
