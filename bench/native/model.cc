@@ -5,8 +5,12 @@
 // engine's verification shape 1 x n, n = 1..12, against decoding (n = 1); --context N
 // (up to 1008) sets the context of all of them. --prefetch-ab runs the ladder under both
 // prefetch policies of the matrix kernels (simd.h, matmul_prefetch: l1, l2), alternating
-// round by round, and prints each n's median under both and their ratio.
+// round by round, and prints each n's median under both and their ratio. --hidden,
+// --intermediate and --layers change the shape (heads of 64, a key head per 4 queries):
+// --hidden 2048 --intermediate 8192 --layers 4 has a 1B model's matrices, whose rows
+// are 8 KiB apart (simd.h, packs_x).
 //   bench_model [--dtype f32|bf16|f16] [--threads N] [--quick] [--ladder] [--prefetch-ab] [--context N]
+//               [--hidden N] [--intermediate N] [--layers N]
 #include <unistd.h>
 
 #include <cmath>
@@ -19,6 +23,7 @@
 
 #include "amx.h"
 #include "bench_util.h"
+#include "random_model.h"
 #include "model.h"
 #include "sampling.h"
 #include "simd.h"
@@ -26,84 +31,8 @@
 
 using specula::simd::WType;
 
-namespace {
-
-struct TempFile {
-  std::string path;
-  ~TempFile() {
-    if (!path.empty()) ::unlink(path.c_str());
-  }
-};
-
-// Writes random weights (normal, std 0.02; norms 1) for the config; returns the specs.
-std::vector<specula::TensorSpec> write_model(const specula::ModelConfig& c, WType wt, const std::string& path) {
-  std::vector<specula::TensorSpec> specs;
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) {
-    std::perror(path.c_str());
-    std::exit(1);
-  }
-  const size_t es = wt == WType::F32 ? 4 : 2;
-  const char* dt = wt == WType::F32 ? "F32" : wt == WType::F16 ? "F16" : "BF16";
-  uint64_t off = 0;
-  std::vector<float> buf;
-  std::vector<uint8_t> bytes;
-  auto add = [&](const std::string& name, std::vector<uint64_t> shape, bool norm) {
-    size_t n = 1;
-    for (auto d : shape) n *= d;
-    buf.resize(n);
-    if (norm) {
-      for (float& v : buf) v = 1.0f;
-    } else {
-      bench::fill_normal(buf.data(), n, 0.02f, specs.size() + 1);
-    }
-    bytes.resize(n * es);
-    for (size_t i = 0; i < n; ++i) {
-      if (wt == WType::F32) {
-        std::memcpy(bytes.data() + 4 * i, &buf[i], 4);
-      } else {
-        uint32_t b;
-        std::memcpy(&b, &buf[i], 4);
-        uint16_t h;
-        if (wt == WType::BF16) {
-          h = uint16_t((b + 0x7fff + ((b >> 16) & 1)) >> 16);
-        } else {  // f16 by truncation is fine for a benchmark
-          const int e = int((b >> 23) & 255) - 127 + 15;
-          h = uint16_t(((b >> 16) & 0x8000) | (e <= 0 ? 0 : e >= 31 ? 0x7bff : (e << 10) | ((b >> 13) & 1023)));
-        }
-        std::memcpy(bytes.data() + 2 * i, &h, 2);
-      }
-    }
-    std::fwrite(bytes.data(), 1, bytes.size(), f);
-    specula::TensorSpec t;
-    t.name = name;
-    t.offset = off;
-    t.bytes = bytes.size();
-    t.dtype = dt;
-    t.shape = shape;
-    specs.push_back(t);
-    off += bytes.size();
-  };
-  const size_t qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim;
-  add("model.embed_tokens.weight", {c.vocab, c.hidden}, false);
-  add("model.norm.weight", {c.hidden}, true);
-  for (size_t l = 0; l < c.layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    add(p + "input_layernorm.weight", {c.hidden}, true);
-    add(p + "post_attention_layernorm.weight", {c.hidden}, true);
-    add(p + "self_attn.q_proj.weight", {qd, c.hidden}, false);
-    add(p + "self_attn.k_proj.weight", {kvd, c.hidden}, false);
-    add(p + "self_attn.v_proj.weight", {kvd, c.hidden}, false);
-    add(p + "self_attn.o_proj.weight", {c.hidden, qd}, false);
-    add(p + "mlp.gate_proj.weight", {c.intermediate, c.hidden}, false);
-    add(p + "mlp.up_proj.weight", {c.intermediate, c.hidden}, false);
-    add(p + "mlp.down_proj.weight", {c.hidden, c.intermediate}, false);
-  }
-  std::fclose(f);
-  return specs;
-}
-
-}  // namespace
+using bench::TempFile;
+using bench::write_model;
 
 int main(int argc, char** argv) {
   std::string dtype = "f32";
@@ -112,6 +41,7 @@ int main(int argc, char** argv) {
   bool ladder = false;  // --ladder: 1 x n passes for n = 1..12 against decoding, interleaved
   bool prefetch_ab = false;  // --prefetch-ab: the ladder under both prefetch policies, alternating
   size_t ctx = 512;
+  size_t hidden = 0, intermediate = 0, layers = 0;  // 0: llama-100m's
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--dtype" && i + 1 < argc) dtype = argv[++i];
@@ -123,7 +53,14 @@ int main(int argc, char** argv) {
     else if (a == "--verify1-only") verify1_only = true;
     else if (a == "--ladder") ladder = true;
     else if (a == "--prefetch-ab") ladder = prefetch_ab = true;
+    else if (a == "--hidden" && i + 1 < argc) hidden = size_t(std::max(0, std::atoi(argv[++i])));
+    else if (a == "--intermediate" && i + 1 < argc) intermediate = size_t(std::max(0, std::atoi(argv[++i])));
+    else if (a == "--layers" && i + 1 < argc) layers = size_t(std::max(0, std::atoi(argv[++i])));
     else if (a == "--context" && i + 1 < argc) ctx = size_t(std::min(1008, std::max(1, std::atoi(argv[++i]))));
+  }
+  if (hidden % 64 != 0 || (hidden > 0 && hidden < 256)) {
+    std::fprintf(stderr, "--hidden: expected a multiple of 64, at least 256; got %zu\n", hidden);
+    return 2;
   }
   const WType wt = dtype == "bf16" ? WType::BF16 : dtype == "f16" ? WType::F16 : WType::F32;
   specula::ThreadPool::global().set_threads(threads);
@@ -137,6 +74,13 @@ int main(int argc, char** argv) {
   c.head_dim = 64;
   c.tie_embeddings = true;
   c.context = 1024;
+  if (hidden > 0) {  // --hidden: another width (heads of 64, 4 query heads per key head)
+    c.hidden = hidden;
+    c.heads = hidden / 64;
+    c.kv_heads = c.heads / 4 > 0 ? c.heads / 4 : 1;
+  }
+  if (intermediate > 0) c.intermediate = intermediate;
+  if (layers > 0) c.layers = layers;
   TempFile tmp;
   tmp.path = "/tmp/specula-bench-model-" + std::to_string(::getpid()) + ".bin";
   const auto specs = write_model(c, wt, tmp.path);
@@ -145,8 +89,12 @@ int main(int argc, char** argv) {
   const std::string amx = specula::amx::enabled() && wt == WType::BF16
                               ? " (AMX, " + std::to_string(specula::amx::pieces()) + " pieces)"
                               : "";
-  std::printf("model: llama-100m %s, %.1f M parameters, %.0f MB weights per token, %s%s, prefetch %s, %d threads\n",
-              dtype.c_str(), wbytes / (wt == WType::F32 ? 4 : 2) / 1e6, wbytes / 1e6, specula::simd::kernels().name,
+  const std::string shape = hidden + intermediate + layers == 0
+                                ? "llama-100m"
+                                : "llama (hidden " + std::to_string(c.hidden) + ", intermediate " +
+                                      std::to_string(c.intermediate) + ", " + std::to_string(c.layers) + " layers)";
+  std::printf("model: %s %s, %.1f M parameters, %.0f MB weights per token, %s%s, prefetch %s, %d threads\n",
+              shape.c_str(), dtype.c_str(), wbytes / (wt == WType::F32 ? 4 : 2) / 1e6, wbytes / 1e6, specula::simd::kernels().name,
               amx.c_str(), specula::simd::prefetch_name(specula::simd::matmul_prefetch()), threads);
 
   // Ceilings.

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// `npm run bench:native [-- [kd|model] args]`: builds the core and bench/native/*.cc with
-// CMake (Release) and runs the sampling-kernel (default), KD (kd) or model (model) benchmark.
+// `npm run bench:native [-- [kd|model|engine] args]`: builds the core and bench/native/*.cc with
+// CMake (Release) and runs the sampling-kernel (default), KD (kd), model (model) or engine
+// (engine) benchmark.
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -14,9 +15,10 @@ function run(cmd, args) {
 }
 run('cmake', ['-S', root, '-B', build, '-DCMAKE_BUILD_TYPE=Release']);
 // `npm run bench:native -- kd ...` runs bench/native/kd.cc, `-- model ...` bench/native/model.cc,
-// otherwise bench/native/kernels.cc.
+// `-- engine ...` bench/native/engine.cc, otherwise bench/native/kernels.cc.
 const args = process.argv.slice(2);
-const which = args[0] === 'kd' ? 'bench_kd' : args[0] === 'model' ? 'bench_model' : 'bench_kernels';
-if (args[0] === 'kd' || args[0] === 'model') args.shift();
+const named = { kd: 'bench_kd', model: 'bench_model', engine: 'bench_engine' };
+const which = named[args[0]] ?? 'bench_kernels';
+if (args[0] in named) args.shift();
 run('cmake', ['--build', build, '--parallel', String(availableParallelism()), '--target', which]);
 run(path.join(build, which), args);
