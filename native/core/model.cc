@@ -409,6 +409,9 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
   const simd::Kernels& k = simd::kernels();
   ThreadPool::global().parallel_for(P, [&](size_t w) {
     thread_local FloatBuffer scratch;  // f16/bf16 weights widened once per block
+    thread_local FloatBuffer xpack;    // x packed for the sweeps (simd.h, packs_x)
+    const simd::MatmulArgs* packed_for = nullptr;  // whose x xpack holds, in this call
+    simd::MatmulArgs withx;
     size_t visit = 0;
     for (size_t i; (i = runs.claim(w, visit)) != SIZE_MAX;) {
       const Block& b = blocks[i];
@@ -421,7 +424,19 @@ void run_matmuls(std::initializer_list<simd::MatmulArgs> list, std::initializer_
         scratch.reserve(kCols * b.a->k);
         s = scratch.data();
       }
-      k.matmul(*b.a, b.n0, b.n1, s);
+      const simd::MatmulArgs* a = b.a;
+      if (simd::packs_x(*a)) {
+        // Once per product and thread: the products of one call share nothing else.
+        if (packed_for != a) {
+          xpack.reserve(a->rows * (a->k / 16) * 16);
+          simd::pack_x(*a, xpack.data());
+          packed_for = a;
+          withx = *a;
+          withx.xp = xpack.data();
+        }
+        a = &withx;
+      }
+      k.matmul(*a, b.n0, b.n1, s);
     }
   });
 }

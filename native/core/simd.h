@@ -129,7 +129,34 @@ struct MatmulArgs {
   float* y;
   size_t ldy;
   bool accumulate;
+  // Optional (null: read x): the rows of x packed for the matrix kernel's one-tile
+  // sweeps, by the caller, once per product (pack_x below). The same values in another
+  // place, so the same bits.
+  const float* xp = nullptr;
 };
+
+// When a product of 3..12 rows runs as one tile (simd_model.inc, mm_sweep), every step
+// of 16 k loads the same place of every x row. With a row stride that is a multiple of 4
+// KiB, those lines fall in one set of the 8-way L1 (with the weight rows' at the same k),
+// and each tile read x from L2 again: llama-100m's down projection (k 2048), 1 x 9 rows,
+// 1.4-1.5x a decode step's time for its weights; packed, 1.05. Strides that spread the
+// rows over the sets (k 768, 1536) measured the same or 5-10% slower packed.
+constexpr size_t kPackRowsMin = 3, kPackRowsMax = 12;
+inline bool packs_x(const MatmulArgs& a) {
+  return a.rows >= kPackRowsMin && a.rows <= kPackRowsMax && a.k >= 16 && (a.ldx * sizeof(float)) % 4096 == 0;
+}
+// The packed layout: for k < k / 16 * 16, x[t, k] at xp[((k / 16) * rows + t) * 16 + k % 16]
+// (a step's vectors of all rows are contiguous); the kernel reads the tail past the last
+// multiple of 16 from x. out: room for rows * (k / 16) * 16 floats.
+inline void pack_x(const MatmulArgs& a, float* out) {
+  const size_t steps = a.k / 16;
+  for (size_t s = 0; s < steps; ++s)
+    for (size_t t = 0; t < a.rows; ++t) {
+      const float* src = a.x + t * a.ldx + s * 16;
+      float* dst = out + (s * a.rows + t) * 16;
+      for (int i = 0; i < 16; ++i) dst[i] = src[i];
+    }
+}
 
 // attend(): rows consecutive positions of one sequence, row r attending to positions
 // [0, n0 + r), n0 >= 1. Keys in panels of 16 positions (position j, dimension d at

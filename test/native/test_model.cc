@@ -200,6 +200,43 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
   specula::simd::set_matmul_prefetch(saved);
 }
 
+TEST_CASE(matmul_with_packed_x_matches_double_and_gives_the_same_bits) {
+  // simd.h, packs_x / pack_x: sweeps of 3..12 rows read x packed where the caller packs
+  // it (x rows 4 KiB apart: ldx 1024 or 2048 floats); other row counts ignore xp. K past a
+  // multiple of 16 leaves a tail that the kernel reads from x.
+  std::mt19937_64 rng(5);
+  const WType types[] = {WType::F32, WType::F16, WType::BF16};
+  int packed = 0;
+  for (int trial = 0; trial < 36; ++trial) {
+    const size_t rows = 2 + trial % 12, ldx = trial % 4 == 3 ? 2048 : 1024;
+    const size_t K = trial % 3 == 0 ? 1024 : trial % 3 == 1 ? 1000 : 16 + rng() % 1008, N = 1 + rng() % 40;
+    const WType wt = types[(trial / 12) % 3];
+    std::vector<float> x = randn(rng, rows * ldx, 1.0);
+    const Stored w = store(randn(rng, N * K, 0.5), wt);
+    const std::vector<float> bias = randn(rng, N, 1.0);
+    std::vector<float> xp(rows * (K / 16) * 16);
+    for (const char* level : kLevels) {
+      const specula::simd::Kernels* k = specula::simd::kernels_for(level);
+      if (k == nullptr) continue;
+      std::vector<float> y(rows * N), yp(rows * N);
+      specula::simd::MatmulArgs a{x.data(), ldx, rows, K, w.bytes.data(), wt, K, bias.data(), y.data(), N, false};
+      k->matmul(a, 0, N, nullptr);
+      specula::simd::MatmulArgs b = a;
+      b.y = yp.data();
+      specula::simd::pack_x(b, xp.data());
+      b.xp = xp.data();
+      packed += specula::simd::packs_x(b) ? 1 : 0;
+      const size_t split = rng() % (N + 1);  // as two threads would
+      k->matmul(b, 0, split, nullptr);
+      k->matmul(b, split, N, nullptr);
+      const std::string what = std::string(level) + " rows=" + std::to_string(rows) + " K=" + std::to_string(K);
+      CHECK_MSG(matmul_matches_double(yp, x, ldx, rows, K, w, N, bias.data(), nullptr), what);
+      CHECK_MSG(std::memcmp(y.data(), yp.data(), y.size() * 4) == 0, what + ": packed and unpacked bits");
+    }
+  }
+  CHECK(packed > 0);
+}
+
 // x rounded to bf16 (8 significant bits) to nearest, ties to even, in double arithmetic
 // (an independent statement of the two-piece split of amx.h).
 double round_bf16(double x) {
@@ -660,6 +697,44 @@ TEST_CASE(cache_truncate_and_ragged_batches_are_bitwise) {
     cache.forward(items2, 2, out2.data());
     CHECK(std::memcmp(out2.data(), full_a.data() + 4 * V, 5 * V * 4) == 0);
     CHECK(std::memcmp(out2.data() + 5 * V, full_b.data() + 13 * V, V * 4) == 0);
+  }
+  specula::ThreadPool::global().set_threads(specula::ThreadPool::available_cores());
+}
+
+TEST_CASE(forwards_with_packed_sweeps_are_bitwise_and_match_double) {
+  // An intermediate size of 1020 (rows padded to 1024 floats, 4 KiB): the down
+  // projection of 3..12 rows reads its x packed (simd.h, packs_x), with a tail of 12.
+  specula::ModelConfig c = tiny_config(0);
+  c.intermediate = 1020;
+  for (WType wt : {WType::F32, WType::BF16}) {
+    const auto tm = make_model(c, wt, 41);
+    auto model = std::make_shared<const specula::Model>(tm->config, std::vector<std::string>{tm->path}, tm->specs);
+    const size_t V = c.vocab;
+    std::vector<int32_t> tokens(40);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 7 + 3) % V);
+    const auto ref = reference_forward(*tm, tokens);
+    for (int threads : {1, 2}) {
+      specula::ThreadPool::global().set_threads(threads);
+      const auto full = run_full(model, tokens);  // 40 rows: row groups, no sweep
+      double worst = 0;
+      for (size_t i = 0; i < full.size(); ++i) worst = std::max(worst, std::fabs(full[i] - ref[i]));
+      CHECK_MSG(worst <= 1e-4, "vs double: " + std::to_string(worst));
+      // Chunks of 1..12 rows (1, 2: no packing; 3..12: packed), all logits.
+      for (const std::vector<size_t>& sizes : {std::vector<size_t>{12, 10, 8, 6, 4}, {1, 3, 5, 7, 9, 11, 2, 2}}) {
+        specula::KvCache cache(model, 1, tokens.size());
+        size_t t = 0;
+        for (size_t m : sizes) {
+          std::vector<float> out(m * V);
+          specula::ForwardItem it{0, tokens.data() + t, m, m};
+          cache.forward(&it, 1, out.data());
+          CHECK_MSG(std::memcmp(out.data(), full.data() + t * V, m * V * 4) == 0,
+                    "chunk of " + std::to_string(m) + " at " + std::to_string(t) + ", " + std::to_string(threads) +
+                        " threads");
+          t += m;
+        }
+        CHECK_EQ(t, tokens.size());
+      }
+    }
   }
   specula::ThreadPool::global().set_threads(specula::ThreadPool::available_cores());
 }
