@@ -201,7 +201,7 @@ TEST_CASE(matmul_matches_double_and_is_batch_invariant) {
 }
 
 TEST_CASE(matmul_with_packed_x_matches_double_and_gives_the_same_bits) {
-  // simd.h, packs_x / pack_x: sweeps of 3..12 rows read x packed where the caller packs
+  // simd.h, packs_x / pack_x: sweeps of 5..12 rows read x packed where the caller packs
   // it (x rows 4 KiB apart: ldx 1024 or 2048 floats); other row counts ignore xp. K past a
   // multiple of 16 leaves a tail that the kernel reads from x.
   std::mt19937_64 rng(5);
@@ -703,7 +703,7 @@ TEST_CASE(cache_truncate_and_ragged_batches_are_bitwise) {
 
 TEST_CASE(forwards_with_packed_sweeps_are_bitwise_and_match_double) {
   // An intermediate size of 1020 (rows padded to 1024 floats, 4 KiB): the down
-  // projection of 3..12 rows reads its x packed (simd.h, packs_x), with a tail of 12.
+  // projection of 5..12 rows reads its x packed (simd.h, packs_x), with a tail of 12.
   specula::ModelConfig c = tiny_config(0);
   c.intermediate = 1020;
   for (WType wt : {WType::F32, WType::BF16}) {
@@ -719,7 +719,7 @@ TEST_CASE(forwards_with_packed_sweeps_are_bitwise_and_match_double) {
       double worst = 0;
       for (size_t i = 0; i < full.size(); ++i) worst = std::max(worst, std::fabs(full[i] - ref[i]));
       CHECK_MSG(worst <= 1e-4, "vs double: " + std::to_string(worst));
-      // Chunks of 1..12 rows (1, 2: no packing; 3..12: packed), all logits.
+      // Chunks of 1..12 rows (1..4: no packing; 5..12: packed), all logits.
       for (const std::vector<size_t>& sizes : {std::vector<size_t>{12, 10, 8, 6, 4}, {1, 3, 5, 7, 9, 11, 2, 2}}) {
         specula::KvCache cache(model, 1, tokens.size());
         size_t t = 0;
