@@ -32,20 +32,6 @@ using specula::simd::WType;
 
 namespace {
 
-specula::ModelConfig preset(bool target) {
-  specula::ModelConfig c;  // src/model/init.ts, PRESETS
-  c.vocab = 32000;
-  c.tie_embeddings = true;
-  c.rms_eps = 1e-5;
-  c.context = 1024;
-  if (target) {  // llama-100m
-    c.hidden = 768, c.intermediate = 2048, c.layers = 12, c.heads = 12, c.kv_heads = 4, c.head_dim = 64;
-  } else {  // llama-5m
-    c.hidden = 128, c.intermediate = 384, c.layers = 4, c.heads = 4, c.kv_heads = 2, c.head_dim = 32;
-  }
-  return c;
-}
-
 const char* const kPrompts[] = {"The history of the city", "Once upon a time, in a land", "def fibonacci(n):",
                                 "Question: what is 12 * 7?"};
 
@@ -139,7 +125,7 @@ void bench_dtype(WType wt, const char* name, size_t tokens, size_t prompts) {
   const std::string base = "/tmp/specula-bench-engine-" + std::to_string(::getpid());
   tf.path = base + "-target.bin";
   df.path = base + "-draft.bin";
-  const auto tc = preset(true), dc = preset(false);
+  const auto tc = bench::llama_100m(), dc = bench::llama_5m();
   const auto tspecs = bench::write_model(tc, wt, tf.path, 1);
   const auto dspecs = bench::write_model(dc, wt, df.path, 2);
   auto target = std::make_shared<const specula::Model>(tc, std::vector<std::string>{tf.path}, tspecs);

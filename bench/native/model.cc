@@ -64,20 +64,11 @@ int main(int argc, char** argv) {
   }
   const WType wt = dtype == "bf16" ? WType::BF16 : dtype == "f16" ? WType::F16 : WType::F32;
   specula::ThreadPool::global().set_threads(threads);
-  specula::ModelConfig c;  // the llama-100m preset of initModel
-  c.vocab = 32000;
-  c.hidden = 768;
-  c.intermediate = 2048;
-  c.layers = 12;
-  c.heads = 12;
-  c.kv_heads = 4;
-  c.head_dim = 64;
-  c.tie_embeddings = true;
-  c.context = 1024;
+  specula::ModelConfig c = bench::llama_100m();
   if (hidden > 0) {  // --hidden: another width (heads of 64, 4 query heads per key head)
     c.hidden = hidden;
     c.heads = hidden / 64;
-    c.kv_heads = c.heads / 4 > 0 ? c.heads / 4 : 1;
+    c.kv_heads = c.heads / 4;
   }
   if (intermediate > 0) c.intermediate = intermediate;
   if (layers > 0) c.layers = layers;

@@ -17,6 +17,33 @@ namespace bench {
 
 using specula::simd::WType;
 
+// initModel's presets (src/model/init.ts, PRESETS): the engine benchmark's target and draft.
+inline specula::ModelConfig llama_100m() {
+  specula::ModelConfig c;
+  c.vocab = 32000;
+  c.hidden = 768;
+  c.intermediate = 2048;
+  c.layers = 12;
+  c.heads = 12;
+  c.kv_heads = 4;
+  c.head_dim = 64;
+  c.rms_eps = 1e-5;
+  c.tie_embeddings = true;
+  c.context = 1024;
+  return c;
+}
+
+inline specula::ModelConfig llama_5m() {
+  specula::ModelConfig c = llama_100m();
+  c.hidden = 128;
+  c.intermediate = 384;
+  c.layers = 4;
+  c.heads = 4;
+  c.kv_heads = 2;
+  c.head_dim = 32;
+  return c;
+}
+
 struct TempFile {
   std::string path;
   ~TempFile() {

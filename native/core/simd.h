@@ -138,10 +138,11 @@ struct MatmulArgs {
 // When a product of 5..12 rows runs as one tile (simd_model.inc, mm_sweep), every step
 // of 16 k loads the same place of every x row. With a row stride that is a multiple of 4
 // KiB, those lines fall in one set of the 8-way L1 (with the weight rows' at the same k),
-// and each tile read x from L2 again: llama-100m's down projection (k 2048), 1 x 9 rows,
-// 1.4-1.5x a decode step's time for its weights; packed, 1.05. Strides that spread the
-// rows over the sets (k 768, 1536) measured the same or 5-10% slower packed, and 3-4
-// rows gained nothing in a model. (The portable kernels ignore xp.)
+// and each tile read x from L2 again: llama-100m's down projection (k 2048), 9 rows, took
+// 4.4-4.8 ms against 2.8-3.2 for one row (a micro-benchmark); packed, 3.1-3.5. Strides
+// that spread the rows over the sets (k 768, 1536) measured the same or 5-10% slower
+// packed, and 3-4 rows gained nothing in a model. (The portable kernels ignore xp: the
+// caller's copy is then wasted, one pass over x beside a scalar product.)
 constexpr size_t kPackRowsMin = 5, kPackRowsMax = 12;
 inline bool packs_x(const MatmulArgs& a) {
   return a.rows >= kPackRowsMin && a.rows <= kPackRowsMax && a.k >= 16 && (a.ldx * sizeof(float)) % 4096 == 0;
